@@ -1,0 +1,183 @@
+"""SM partitions: disjoint (prefill, decode) stream pairs made from CUDA green contexts, created once.
+
+The device's SMs are split once into equal groups (8 SMs on Hopper; 132 SMs = 16 groups + 4 left over).
+Prefill partitions take groups from the low end, decode partitions from the high end plus the leftover
+SMs, so any prefill partition and decode partition whose groups add up to at most the total are disjoint:
+    prefill_sms = p * group_sms, decode_sms = d * group_sms + remainder_sms, p + d <= num_groups.
+Full-GPU prefill-only and decode-only streams (ordinary streams, all SMs) complete the menu.
+Without CUDA or green contexts there is one lane: every launch gets the same stream (None on the CPU),
+and `reason` says why. Needs `cuda.bindings` (cuda-python) and a driver with green contexts (CUDA >= 12.4).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import torch
+
+from yoda.backend import DECODE, LANES, PREFILL
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionPair:
+    """One (prefill, decode) split: prefill on groups [0, p), decode on groups [G - d, G) + the leftover SMs."""
+
+    prefill_groups: int
+    decode_groups: int
+    group_sms: int
+    remainder_sms: int
+
+    @property
+    def prefill_sms(self) -> int:
+        return self.prefill_groups * self.group_sms
+
+    @property
+    def decode_sms(self) -> int:
+        return self.decode_groups * self.group_sms + self.remainder_sms
+
+
+class PartitionInfo(NamedTuple):
+    lane: str
+    planned_sms: int
+    realised_sms: int  # what the green context reports (cuGreenCtxGetDevResource)
+    create_s: float  # descriptor + green context + stream creation time
+
+
+def default_menu(num_groups: int, group_sms: int, remainder_sms: int, step_groups: int = 2) -> list[PartitionPair]:
+    """Decode on 2, 4, ... groups (plus leftover), prefill on the rest: 7 pairs at 16-SM steps on an H100."""
+    return [PartitionPair(num_groups - d, d, group_sms, remainder_sms)
+            for d in range(step_groups, num_groups - 1, step_groups)]
+
+
+def menu_from_sms(pairs: Sequence[tuple[int, int]], num_groups: int, group_sms: int,
+                  remainder_sms: int) -> list[PartitionPair]:
+    """Round requested (prefill_sms, decode_sms) pairs to whole groups: prefill down, decode up, disjoint."""
+    out = []
+    for prefill_sms, decode_sms in pairs:
+        p = prefill_sms // group_sms
+        d = min(num_groups - p, max(0, -(-(decode_sms - remainder_sms) // group_sms)))
+        if p < 1 or (d < 1 and remainder_sms == 0):
+            raise ValueError(f"pair ({prefill_sms}, {decode_sms}) leaves a lane without SMs "
+                             f"({num_groups} groups of {group_sms} + {remainder_sms})")
+        out.append(PartitionPair(p, d, group_sms, remainder_sms))
+    return out
+
+
+class PartitionManager:
+    """Streams by (lane, num_sms). Build with `create` (CUDA work) or `single_lane` (fallback)."""
+
+    def __init__(self, device: torch.device, num_sms: int, menu: list[PartitionPair],
+                 streams: dict[str, dict[int, object]], reason: str, infos: list[PartitionInfo],
+                 keep: list | None = None) -> None:
+        self.device = device
+        self.num_sms = num_sms
+        self.menu = menu
+        self.reason = reason  # why there are no partitions; "" when there are
+        self.infos = infos
+        self._streams = streams  # lane -> num_sms -> stream; empty when single lane
+        self._single: object = None
+        self._keep = keep or []  # green contexts and raw streams, alive as long as the manager
+
+    @property
+    def is_partitioned(self) -> bool:
+        return bool(self._streams)
+
+    @classmethod
+    def single_lane(cls, device: torch.device | str, reason: str) -> "PartitionManager":
+        device = torch.device(device)
+        num_sms = 1
+        manager = cls(device, num_sms, [], {}, reason, [])
+        if device.type == "cuda":
+            manager.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+            manager._single = torch.cuda.current_stream(device)
+        return manager
+
+    @classmethod
+    def create(cls, device: torch.device | str, menu: Sequence[tuple[int, int]] | None = None,
+               group_sms: int = 8) -> "PartitionManager":
+        """Split the GPU once and build every partition's stream; falls back to one lane with a reason."""
+        device = torch.device(device)
+        if device.type != "cuda":
+            return cls.single_lane(device, f"{device.type} device: one lane, no partitions")
+        if not torch.cuda.is_available():
+            return cls.single_lane(torch.device("cpu"), "CUDA unavailable: one lane, no partitions")
+        try:
+            from cuda.bindings import driver  # noqa: F401  (cuda-python)
+        except ImportError as e:
+            return cls.single_lane(device, f"cuda.bindings not importable ({e}): one lane")
+        try:
+            return _build_green(device, menu, group_sms)
+        except (RuntimeError, AttributeError) as e:
+            return cls.single_lane(device, f"green contexts unavailable ({e}): one lane")
+
+    def stream_for(self, lane: str, num_sms: int):
+        """The stream for a launch on `lane` with `num_sms` SMs (None on the CPU; the one stream if single lane)."""
+        if lane not in LANES:
+            raise ValueError(f"unknown lane {lane!r}")
+        if not self._streams:
+            return self._single
+        by_sms = self._streams[lane]
+        if num_sms not in by_sms:
+            raise ValueError(f"no {lane} partition of {num_sms} SMs; menu: {sorted(by_sms)}")
+        return by_sms[num_sms]
+
+    def sm_options(self, lane: str) -> list[int]:
+        """SM counts a launch on `lane` may ask for."""
+        return sorted(self._streams[lane]) if self._streams else [self.num_sms]
+
+    def decode_streams(self) -> dict[int, object]:
+        """num_sms -> stream of every decode partition (one entry when single lane on CUDA; none on the CPU)."""
+        if self._streams:
+            return dict(self._streams[DECODE])
+        return {self.num_sms: self._single} if self._single is not None else {}
+
+
+def _check(result: tuple):
+    """cuda.bindings calls return (CUresult, *values): raise on error, unwrap the values."""
+    from cuda.bindings import driver
+
+    err, values = result[0], result[1:]
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise RuntimeError(f"CUDA driver error {err}")
+    return values[0] if len(values) == 1 else values
+
+
+def _green_stream(driver, dev, resources: list, device: torch.device) -> tuple[object, int, list]:
+    """A non-blocking stream in a new green context over `resources`; (torch stream, realised SMs, handles)."""
+    desc = _check(driver.cuDevResourceGenerateDesc(resources, len(resources)))
+    ctx = _check(driver.cuGreenCtxCreate(desc, dev, driver.CUgreenCtxCreate_flags.CU_GREEN_CTX_DEFAULT_STREAM))
+    raw = _check(driver.cuGreenCtxStreamCreate(ctx, driver.CUstream_flags.CU_STREAM_NON_BLOCKING, 0))
+    realised = _check(driver.cuGreenCtxGetDevResource(ctx, driver.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM))
+    return torch.cuda.ExternalStream(int(raw), device=device), int(realised.sm.smCount), [ctx, raw]
+
+
+def _build_green(device: torch.device, menu: Sequence[tuple[int, int]] | None, group_sms: int) -> PartitionManager:
+    from cuda.bindings import driver
+
+    torch.cuda.init()  # the primary context exists before the driver API is used
+    _check(driver.cuInit(0))
+    dev = _check(driver.cuDeviceGet(device.index or 0))
+    whole = _check(driver.cuDeviceGetDevResource(dev, driver.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM))
+    total = int(whole.sm.smCount)
+    groups, num_groups, remainder = _check(driver.cuDevSmResourceSplitByCount(total // group_sms, whole, 0, group_sms))
+    groups, num_groups = list(groups)[:int(num_groups)], int(num_groups)
+    group_sms = int(groups[0].sm.smCount)  # the driver may round the group size up
+    leftover = [remainder] if int(remainder.sm.smCount) > 0 else []
+    rem_sms = int(remainder.sm.smCount) if leftover else 0
+    pairs = (menu_from_sms(menu, num_groups, group_sms, rem_sms) if menu
+             else default_menu(num_groups, group_sms, rem_sms))
+    streams: dict[str, dict[int, object]] = {PREFILL: {}, DECODE: {}}
+    infos, keep = [], []
+    for lane, count, planned in sorted({(PREFILL, p.prefill_groups, p.prefill_sms) for p in pairs}
+                                       | {(DECODE, p.decode_groups, p.decode_sms) for p in pairs}):
+        chosen = groups[:count] if lane == PREFILL else groups[num_groups - count:] + leftover
+        t0 = time.perf_counter()
+        stream, realised, handles = _green_stream(driver, dev, chosen, device)
+        streams[lane][planned] = stream
+        infos.append(PartitionInfo(lane, planned, realised, time.perf_counter() - t0))
+        keep.extend(handles)
+    for lane in LANES:  # full-GPU prefill-only and decode-only: ordinary streams see every SM
+        streams[lane][total] = torch.cuda.Stream(device)
+        infos.append(PartitionInfo(lane, total, total, 0.0))
+    return PartitionManager(device, total, pairs, streams, "", infos, keep)

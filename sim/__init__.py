@@ -1,0 +1,9 @@
+"""Simulator backend: a SimPy model of GPUs running the policy core's launches.
+
+GPU model (numpy/scipy/pandas only, no simpy, so the policy's estimator can use it too):
+- hardware.py: GpuSpec and built-in GPUs; compute and HBM bandwidth share of an SM partition.
+- model_spec.py: ModelSpec (Llama/Qwen2 shapes), FLOPs and bytes per GPU, KV capacity.
+- latency.py: LatencySource protocol, launch_solo_s, RooflineLatency (default), PdmuxFitLatency.
+- profile_table.py: measured profile tables (write_profile_table, ProfileTableLatency).
+- contention.py: slowdown of one lane while the other runs (ContentionModel, NoContention).
+"""

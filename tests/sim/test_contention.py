@@ -1,0 +1,62 @@
+"""Contention between the prefill and decode lanes."""
+import pytest
+
+from sim.contention import ContentionModel, NoContention
+from sim.hardware import GPUS
+from sim.model_spec import MODELS
+from yoda.backend import Launch, PrefillChunk
+
+H100, A100 = GPUS["h100"], GPUS["a100"]
+MODEL = MODELS["llama3-8b"]
+
+
+def decode(num_sms: int, batch: int = 64, ctx: int = 2048) -> Launch:
+    return Launch("decode", num_sms, decode_ids=tuple(range(batch)), decode_kv_len=batch * ctx)
+
+
+def prefill(num_sms: int, num_new: int = 4096, start_len: int = 0) -> Launch:
+    return Launch("prefill", num_sms, prefill=(PrefillChunk(0, start_len, num_new),), layer_start=0,
+                  layer_end=4, num_layers=32)
+
+
+def test_idle_other_lane_no_slowdown():
+    assert ContentionModel().slowdown(decode(20), None, H100, MODEL) == 1.0
+
+
+@pytest.mark.parametrize("gpu", [H100, A100])
+def test_bounds(gpu):
+    model = ContentionModel()
+    for d_sms in range(8, gpu.num_sms - 7, 8):
+        p_sms = gpu.num_sms - d_sms
+        for batch in (1, 64, 256):
+            for n in (512, 4096, 32768):
+                d, p = decode(d_sms, batch), prefill(p_sms, n)
+                for this, other in ((d, p), (p, d)):
+                    s = model.slowdown(this, other, gpu, MODEL)
+                    assert 1.0 <= s <= 1.0 + gpu.max_contention_slowdown + 1e-12
+
+
+def test_decode_suffers_more_than_prefill():
+    model = ContentionModel()
+    d, p = decode(36), prefill(96)
+    assert model.slowdown(d, p, H100, MODEL) > model.slowdown(p, d, H100, MODEL) > 1.0
+    assert model.slowdown(d, p, H100, MODEL) > 1.1
+
+
+def test_bigger_neighbour_hurts_more():
+    model = ContentionModel()
+    small, big = (model.slowdown(decode(20), prefill(s), H100, MODEL) for s in (48, 112))
+    assert small < big
+
+
+def test_deterministic_and_configurable():
+    a, b = ContentionModel(), ContentionModel()
+    d, p = decode(20), prefill(112)
+    assert a.slowdown(d, p, H100, MODEL) == b.slowdown(d, p, H100, MODEL) == a.slowdown(d, p, H100, MODEL)
+    assert ContentionModel(max_slowdown=0.0).slowdown(d, p, H100, MODEL) == 1.0
+    with pytest.raises(ValueError):
+        ContentionModel(max_slowdown=1.5)
+
+
+def test_no_contention():
+    assert NoContention().slowdown(decode(20), prefill(112), H100, MODEL) == 1.0

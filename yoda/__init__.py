@@ -1,0 +1,1 @@
+"""Yoda policy core: requests, KV cache, schedulers, dispatcher, metrics. No simpy, no torch."""

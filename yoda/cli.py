@@ -1,0 +1,29 @@
+"""`yoda` command line. Each command group lives beside the code it drives and is mounted here; heavy
+imports happen inside the commands so `yoda --help` stays fast and the policy core stays backend-free."""
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Yoda: SLO-oriented LLM serving with PD multiplexing.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+
+def _mount() -> None:
+    from traces.cli import trace_app
+    app.add_typer(trace_app, name="trace", help="Inspect request traces.")
+    from sim.cli import register as register_sim
+    register_sim(app)
+    for module in ("executor.cli", "calibration.cli", "yoda.serve_cli"):
+        try:
+            register = __import__(module, fromlist=["register"]).register
+        except ModuleNotFoundError as exc:  # optional extras (torch, fastapi) not installed
+            if exc.name and exc.name.split(".")[0] in ("torch", "triton", "fastapi", "uvicorn", "transformers", "httpx"):
+                continue
+            raise
+        register(app)
+
+
+_mount()
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,92 @@
+"""PD disaggregation (DistServe / SGLang-PD / Mooncake): prefill and decode on different instances.
+
+A prefill instance runs prompt batches on its whole GPU; when a prefill completes it emits the first token
+and hands the request to the cluster, which moves its KV over the link to a decode instance. A decode
+instance runs decode steps on its whole GPU; a request it must preempt is recomputed there.
+Multi-turn follow-ups: the prefill instance reuses what its own cache holds; the cluster may first move
+a longer matching prefix back from a decode instance (`kv_return="move"`) or recompute it ("recompute").
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from yoda.backend import PREFILL, Launch
+from yoda.baselines import PrefillFirst
+from yoda.request import SLO
+from yoda.scheduler import RequestState, SchedulerConfig, SchedulerCore
+
+Handoff = Callable[[RequestState, float], None]
+
+
+class DisaggPrefill(SchedulerCore):
+    role = "prefill"
+
+    def __init__(self, config: SchedulerConfig, slo: SLO) -> None:
+        super().__init__(config, slo)
+        self.handoff: Handoff | None = None
+
+    def schedule(self, now: float, busy: dict[str, Launch]) -> Sequence[Launch]:
+        if busy:
+            return []
+        self.admit_waiting(now, self.config.max_prefill_tokens)
+        chunks = self.prefill_chunks(self.prefilling, self.config.max_prefill_tokens)
+        return [self.prefill_launch(chunks, self.config.num_sms, PREFILL)] if chunks else []
+
+    def _advance_prefill(self, launch: Launch, now: float) -> None:
+        super()._advance_prefill(launch, now)
+        for state in self.ready:
+            self.kv.free(state.id)  # committed prompt blocks stay cached here for later turns
+            state.admitted = False
+            del self.states[state.id]
+            if self.handoff is None:
+                raise RuntimeError("prefill instance has no handoff target")
+            self.handoff(state, now)
+        self.ready.clear()
+
+    def install_prefix(self, chain: list[int], num_tokens: int, tmp_id: int) -> bool:
+        """Cache KV blocks moved back from a decode instance so the next prefill reuses them."""
+        if not self.kv.can_allocate(num_tokens, chain):
+            return False
+        self.kv.allocate(tmp_id, num_tokens, chain)
+        self.kv.commit(tmp_id)
+        self.kv.free(tmp_id)
+        return True
+
+
+class DisaggDecode(PrefillFirst):
+    role = "decode"
+
+    def __init__(self, config: SchedulerConfig, slo: SLO) -> None:
+        super().__init__(config, slo)
+        self.incoming: list[RequestState] = []  # KV arrived, waiting for blocks here
+
+    def receive(self, state: RequestState, now: float) -> None:
+        """A request whose KV finished moving here: it joins the decode batch at the next step."""
+        self.states[state.id] = state
+        self.incoming.append(state)
+
+    def schedule(self, now: float, busy: dict[str, Launch]) -> Sequence[Launch]:
+        if busy:
+            return []
+        self._place_incoming()
+        return super().schedule(now, busy)
+
+    def _place_incoming(self) -> None:
+        while self.incoming:
+            state = self.incoming[0]
+            tokens = state.context_len - 1  # KV of prompt and generated tokens but the last one
+            keep = int(self.config.watermark * self.config.kv_blocks)
+            if self.kv.blocks_for(tokens) + keep > self.kv.num_free_blocks:
+                return
+            self.kv.allocate(state.id, tokens, state.chain)
+            self.kv.commit(state.id, state.request.prompt_len)
+            state.admitted = True
+            state.order = self._order
+            self._order += 1
+            self.ready.append(self.incoming.pop(0))
+
+    def has_work(self) -> bool:
+        return bool(self.states)
+
+    def check_invariants(self) -> None:
+        self.kv.check_invariants()

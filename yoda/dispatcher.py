@@ -1,0 +1,85 @@
+"""Cluster dispatch: pick the instance (GPU or TP group) that serves each arriving request.
+
+- round_robin: the classic baseline.
+- least_loaded: fewest queued prefill tokens plus running decodes.
+- slo_aware (ours): the best predicted TTFT counting the KV the request can reuse on each instance
+  (so a multi-turn follow-up goes back to the instance holding its session's prefix unless that instance
+  is much busier), queued prefill work, decode load and free KV. Instances that would need to preempt or
+  cannot hold the request are avoided.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from yoda.kv_cache import chain_keys
+from yoda.request import Request
+
+
+def pending_prefill_tokens(scheduler) -> int:
+    queued = sum(s.remaining_prefill for s in scheduler.prefilling)
+    return queued + sum(s.target_len for s in scheduler.waiting)
+
+
+def reusable_tokens(scheduler, request: Request) -> int:
+    bs = scheduler.config.block_size
+    chain = chain_keys(request.block_keys(bs))
+    return min(scheduler.kv.match_prefix(chain) * bs, request.prompt_len - 1)
+
+
+class RoundRobin:
+    def __init__(self) -> None:
+        self._next = 0
+
+    def pick(self, request: Request, schedulers: Sequence, now: float) -> int:
+        i = self._next % len(schedulers)
+        self._next += 1
+        return i
+
+
+class LeastLoaded:
+    def pick(self, request: Request, schedulers: Sequence, now: float) -> int:
+        def load(i: int) -> tuple[int, int]:
+            s = schedulers[i]
+            return (pending_prefill_tokens(s) + 64 * len(s.decoding), i)
+        return min(range(len(schedulers)), key=load)
+
+
+class SloAware:
+    """Minimise predicted TTFT; ties broken by lower KV pressure. Uses each scheduler's own estimate
+    (`estimate_prefill_s(num_new_tokens, num_reused_tokens)`) when it has one, else token counts."""
+
+    def __init__(self, decode_token_weight: float = 64.0) -> None:
+        self.decode_token_weight = decode_token_weight
+        self.num_affinity_hits = 0
+
+    def pick(self, request: Request, schedulers: Sequence, now: float) -> int:
+        best, best_cost, best_reuse = 0, float("inf"), 0
+        for i, s in enumerate(schedulers):
+            reuse = reusable_tokens(s, request) if request.block_hashes else 0
+            new = request.prompt_len - reuse
+            queued = pending_prefill_tokens(s) + new
+            estimate = getattr(s, "estimate_prefill_s", None)
+            cost = estimate(queued, reuse) if estimate else float(queued)
+            cost += (estimate(self.decode_token_weight, 0) if estimate else self.decode_token_weight) * len(s.decoding) / 64
+            need = s.kv.blocks_for(request.prompt_len + request.output_len - reuse)
+            if need > s.kv.num_free_blocks:
+                cost *= 4  # would preempt or queue for memory
+            if cost < best_cost:
+                best, best_cost, best_reuse = i, cost, reuse
+        if best_reuse > 0:
+            self.num_affinity_hits += 1
+        return best
+
+
+DISPATCHERS: dict[str, Callable[[], object]] = {
+    "round_robin": RoundRobin,
+    "least_loaded": LeastLoaded,
+    "slo_aware": SloAware,
+}
+
+
+def make_dispatcher(name: str):
+    try:
+        return DISPATCHERS[name]()
+    except KeyError:
+        raise ValueError(f"unknown dispatcher {name!r}; choose from {', '.join(DISPATCHERS)}") from None

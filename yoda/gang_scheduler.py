@@ -1,0 +1,238 @@
+"""The Yoda policy: PD multiplexing with adaptive gang scheduling (DESIGN.md 4.2 and 4.4).
+
+At every decision point:
+- decode (launched first): the fewest decode SMs whose guarded estimate meets the TBT target; the rest go
+  to prefill. No pending prefill: decode gets the whole GPU. No decode: prefill gets the whole GPU.
+- prefill runs as layer groups: N_PL = ceil(T_d x N_layers / T_p) layers, enough to cover one decode step,
+  so the prefill SMs never idle while decode runs. A finished prefill joins the decode batch at the next
+  decode step boundary (query-based merge, never a blocking wait on both lanes).
+- a short prefill may preempt a long one at a layer boundary if it would miss its TTFT by waiting and the
+  long one still meets its TTFT afterwards; never recursively.
+Beyond the paper: prefills are ordered by TTFT slack, admission is checked against KV capacity, and when
+no partition meets both SLOs the scheduler counts which one it gave up (`counters`).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Sequence
+
+from yoda.backend import DECODE, PREFILL, Launch
+from yoda.estimator import Estimator
+from yoda.partitions import PartitionMenu
+from yoda.request import SLO
+from yoda.scheduler import PrefillJob, RequestState, SchedulerConfig, SchedulerCore
+
+
+@dataclass(frozen=True, slots=True)
+class YodaOptions:
+    layerwise: bool = True  # ablation: whole prefill in one launch
+    query_merge: bool = True  # ablation: blocking sync, both lanes start together
+    guard: bool = True  # ablation: trust solo estimates
+    adaptive_partition: bool = True  # ablation: one static split
+    preemption: bool = True  # ablation: no short-preempts-long
+    step_sms: int = 16
+    granularity: int = 8
+    prefill_tokens: int = 8192  # new tokens per prefill job
+    tbt_margin: float = 0.9  # plan decode steps to this share of the TBT target
+    keep: str = "tbt"  # SLO kept when both cannot be met: "tbt" (paper) or "ttft"
+
+
+ABLATIONS: dict[str, dict] = {
+    "no_layerwise": {"layerwise": False},
+    "no_query_merge": {"query_merge": False},
+    "no_guard": {"guard": False},
+    "static_partition": {"adaptive_partition": False},
+    "no_preemption": {"preemption": False},
+}
+
+
+class GangScheduler(SchedulerCore):
+    PREEMPT_SCAN = 16  # waiting requests (in slack order) considered for a jump at each layer boundary
+
+    def __init__(self, config: SchedulerConfig, slo: SLO, estimator: Estimator, **options) -> None:
+        super().__init__(config, slo)
+        self.opts = YodaOptions(**options)
+        self.menu = PartitionMenu(config.num_sms, self.opts.granularity, self.opts.step_sms)
+        self.est = estimator
+        self.est.use_guard = self.opts.guard
+        self.job: PrefillJob | None = None
+        self.suspended: PrefillJob | None = None  # long job preempted by a short one
+        self.late: deque[RequestState] = deque()  # waiting requests that already missed their TTFT
+        self.counters: Counter[str] = Counter()
+        self._decode_plan: tuple[float, float, int, int, int] | None = None  # start, solo est, pn, pr, sms
+        self._static_decode_sms = self.menu.splits[len(self.menu.splits) // 2].decode_sms
+        self._last_split: tuple[int, int] | None = None
+
+    # ---- public estimates (dispatcher) ----------------------------------------------------------------
+    def estimate_prefill_s(self, new_tokens: float, reused_tokens: float) -> float:
+        return self.est.prefill_s([max(int(new_tokens), 1)], [int(reused_tokens)], self.config.num_sms)
+
+    # ---- decision point -------------------------------------------------------------------------------
+    def schedule(self, now: float, busy: dict[str, Launch]) -> Sequence[Launch]:
+        if not self.opts.query_merge and busy:
+            return []
+        launches: list[Launch] = []
+        decode = busy.get(DECODE)
+        if decode is None:
+            batch = self.decode_batch(now)
+            if batch:
+                prefill_sms = busy[PREFILL].num_sms if PREFILL in busy else 0
+                decode = self._launch_decode(batch, prefill_sms, now)
+                launches.append(decode)
+        if PREFILL not in busy:
+            prefill = self._launch_prefill(now, decode)
+            if prefill is not None:
+                launches.append(prefill)
+        self._note_split(launches, busy)
+        return launches
+
+    def on_launch_done(self, launch: Launch, now: float) -> None:
+        if launch.lane == DECODE and self._decode_plan is not None:
+            self._refine_guard(now)
+        super().on_launch_done(launch, now)
+        if launch.lane == PREFILL and launch.prefill_completes and self.job is None and self.suspended is not None:
+            self.job, self.suspended = self.suspended, None  # resume the preempted long prefill
+
+    # ---- decode -----------------------------------------------------------------------------------
+    def _prefill_pending(self) -> bool:
+        return self.job is not None or self.suspended is not None or bool(self.waiting or self.late) or any(
+            not s.in_flight and s.remaining_prefill > 0 for s in self.prefilling)
+
+    def _job_tokens(self) -> tuple[int, int]:
+        job = self.job or self.suspended
+        if job is None:
+            return (self.opts.prefill_tokens, 0) if self.waiting or self.late else (0, 0)
+        return job.num_tokens, sum(c.start_len for c in job.chunks)
+
+    def choose_decode_sms(self, batch_size: int, kv_len: int, prefill_busy_sms: int) -> int:
+        """Fewest decode SMs meeting the TBT target; whole GPU when no prefill is pending."""
+        if not self._prefill_pending() and prefill_busy_sms == 0:
+            return self.config.num_sms
+        if not self.opts.adaptive_partition:
+            return self._static_decode_sms
+        pn, pr = self._job_tokens()
+        target = self.slo.tbt_s * self.opts.tbt_margin
+        sizes = [p.decode_sms for p in self.menu.splits]
+        chosen = next((d for d in sizes if self.est.decode_guarded_s(batch_size, kv_len, d, pn, pr) <= target), None)
+        if chosen is None:
+            self.counters["tbt_unmeetable"] += 1
+            chosen = sizes[-1]
+        free = self.config.num_sms - prefill_busy_sms
+        if chosen > free:
+            self.counters["decode_squeezed"] += 1
+            chosen = self.menu.largest_decode_within(free) or free
+        return chosen
+
+    def _launch_decode(self, batch: list[RequestState], prefill_busy_sms: int, now: float) -> Launch:
+        kv_len = sum(s.context_len for s in batch)
+        sms = self.choose_decode_sms(len(batch), kv_len, prefill_busy_sms)
+        pn, pr = self._job_tokens() if prefill_busy_sms or self._prefill_pending() else (0, 0)
+        self._decode_plan = (now, self.est.decode_s(len(batch), kv_len, sms), pn, pr, sms)
+        return self.decode_launch(batch, sms)
+
+    def _refine_guard(self, now: float) -> None:
+        start, solo_s, pn, pr, sms = self._decode_plan
+        self._decode_plan = None
+        if pn > 0 and solo_s > 0:
+            batch = len(self.decoding) or 1
+            kv = sum(s.context_len for s in self.decoding) // batch
+            cell = self.est.decode_guard.cell(sms, pn, pr, batch, kv)
+            self.est.decode_guard.observe(cell, (now - start) / solo_s)
+
+    # ---- prefill ----------------------------------------------------------------------------------
+    def _launch_prefill(self, now: float, decode: Launch | None) -> Launch | None:
+        if self.opts.preemption and self.job is not None and self.job.layers_done > 0 and self.suspended is None:
+            self._maybe_preempt(now, decode)
+        if self.job is None:
+            self.job = self._new_job(now)
+            if self.job is None:
+                return None
+        sms = self.config.num_sms
+        if decode is not None:  # the SMs decode leaves, in whole groups
+            sms = (self.config.num_sms - decode.num_sms) // self.opts.granularity * self.opts.granularity
+            if sms <= 0:
+                return None
+        layers = self._layers_to_launch(sms, decode)
+        start, end = self.job.layers_done, self.job.layers_done + layers
+        launch = self.prefill_launch(self.job.chunks, sms, PREFILL, start, end)
+        self.job.layers_done = end
+        if end == self.config.num_layers:
+            self.job = None
+        return launch
+
+    def _layers_to_launch(self, prefill_sms: int, decode: Launch | None) -> int:
+        remaining = self.config.num_layers - self.job.layers_done
+        if decode is None or not self.opts.layerwise:
+            return remaining
+        job = self.job
+        t_p = self.est.prefill_guarded_s([c.num_new for c in job.chunks], [c.start_len for c in job.chunks],
+                                         prefill_sms, len(decode.decode_ids), decode.decode_kv_len)
+        t_d = self.est.decode_s(len(decode.decode_ids), decode.decode_kv_len, decode.num_sms)
+        n_pl = math.ceil(t_d * self.config.num_layers / max(t_p, 1e-9))
+        return max(1, min(n_pl, remaining))
+
+    def _deadline(self, state: RequestState) -> float:
+        return state.request.arrival_at + self.slo.ttft_target_s(state.request.prompt_len)
+
+    def _new_job(self, now: float) -> PrefillJob | None:
+        room = self.config.max_batch - len(self.decoding) - len(self.ready)
+        if room > len(self.prefilling):
+            self._admit_by_slack(now, room - len(self.prefilling))
+        idle = sorted((s for s in self.prefilling if not s.in_flight),
+                      key=lambda s: (self._deadline(s) < now, self._deadline(s), s.order))
+        chunks = self.prefill_chunks(idle, self.opts.prefill_tokens)
+        if not chunks:
+            return None
+        return PrefillJob(tuple(chunks), [self.states[c.request_id] for c in chunks])
+
+    def _admit_by_slack(self, now: float, max_requests: int) -> None:
+        """Admit in TTFT-deadline order; requests that already missed their TTFT wait in `late` and go
+        only when no request that can still make it is waiting (arrival order approximates deadline order:
+        exact with one TTFT target; with length-scaled targets long prompts are admitted no later)."""
+        while self.waiting and self._deadline(self.waiting[0]) < now and self.waiting[0].num_generated == 0:
+            self.late.append(self.waiting.popleft())
+        if self.waiting:
+            self.admit_waiting(now, self.opts.prefill_tokens, max_requests)
+        elif self.late:
+            self.waiting, self.late = self.late, self.waiting
+            self.admit_waiting(now, self.opts.prefill_tokens, max_requests)
+            self.waiting, self.late = self.late, self.waiting
+
+    def check_invariants(self) -> None:
+        self.kv.check_invariants()
+        queued = [s.id for q in (self.waiting, self.late, self.prefilling, self.ready, self.decoding) for s in q]
+        assert len(queued) == len(set(queued)) and set(queued) == set(self.states), "queues lost a request"
+
+    def _maybe_preempt(self, now: float, decode: Launch | None) -> None:
+        """Let one short waiting prefill jump ahead of the running long one at this layer boundary."""
+        job = self.job
+        sms = self.config.num_sms - (decode.num_sms if decode else 0)
+        left_frac = 1 - job.layers_done / self.config.num_layers
+        job_left_s = left_frac * self.est.prefill_s([c.num_new for c in job.chunks], [c.start_len for c in job.chunks], sms)
+        job_deadline = min(self._deadline(s) for s in job.states)
+        if now + job_left_s > job_deadline:
+            return  # the long job already misses its TTFT: it could not afford any delay
+        for state in itertools.islice(self.waiting, self.PREEMPT_SCAN):
+            if state.target_len >= job.num_tokens // 2 or self._deadline(state) < now:
+                continue  # only a clearly shorter request that can still make it may jump
+            short_s = self.est.prefill_s([state.target_len], [0], sms)
+            misses_if_waits = now + job_left_s + short_s > self._deadline(state)
+            meets_if_jumps = now + short_s <= self._deadline(state)
+            long_still_ok = now + short_s + job_left_s <= job_deadline
+            if misses_if_waits and meets_if_jumps and long_still_ok and self.try_admit(state, now):
+                self.waiting.remove(state)
+                self.suspended, self.job = job, None
+                chunks = self.prefill_chunks([state], state.remaining_prefill)
+                self.job = PrefillJob(tuple(chunks), [state])
+                self.counters["prefill_preemptions"] += 1
+                return
+
+    def _note_split(self, launches: Sequence[Launch], busy: dict[str, Launch]) -> None:
+        lanes = {**busy, **{l.lane: l for l in launches}}
+        split = (lanes[PREFILL].num_sms if PREFILL in lanes else 0, lanes[DECODE].num_sms if DECODE in lanes else 0)
+        if split != self._last_split and all(split):
+            self.counters["partition_switches"] += 1
+            self._last_split = split

@@ -1,0 +1,74 @@
+"""Goodput: the highest request rate at which a run still meets its SLOs, found by bisection.
+
+The run function is any `rate -> records` (simulator or real server) and must be deterministic for a
+given rate (fixed seeds), so the search is reproducible.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from yoda.metrics import compute_metrics
+from yoda.request import SLO, RequestRecord
+
+RunAtRate = Callable[[float], Sequence[RequestRecord]]
+
+
+@dataclass(slots=True)
+class GoodputResult:
+    goodput_rps: float
+    criterion: str
+    probes: list[dict] = field(default_factory=list)  # every rate tried with its metrics summary
+
+
+def fleet_ok(metrics: dict) -> bool:
+    """Headline criterion: P99 TTFT and P99 TBT both within target, nothing rejected."""
+    return bool(metrics["fleet_slo_met"])
+
+
+def attainment_ok(metrics: dict, threshold: float = 0.9) -> bool:
+    """Request-level variant: at least `threshold` of requests meet TTFT and TPOT."""
+    return metrics["slo_attainment"] >= threshold and metrics["rejected"] == 0
+
+
+def search_goodput(run: RunAtRate, slo: SLO, start_rps: float, *, criterion: str = "fleet",
+                   rel_tol: float = 0.03, max_probes: int = 20,
+                   on_probe: Callable[[float, dict], None] | None = None) -> GoodputResult:
+    """Bracket the goodput by doubling/halving from `start_rps`, then bisect to `rel_tol`."""
+    if start_rps <= 0:
+        raise ValueError("start_rps must be positive")
+    ok_fn = fleet_ok if criterion == "fleet" else attainment_ok
+    result = GoodputResult(0.0, criterion)
+
+    def probe(rate: float) -> bool:
+        metrics = compute_metrics(run(rate), slo)
+        ok = ok_fn(metrics)
+        result.probes.append({"rate_rps": rate, "ok": ok, **{k: metrics[k] for k in (
+            "slo_ttft_at_percentile_ms", "slo_ttft_ratio_at_percentile", "slo_tbt_at_percentile_ms", "slo_attainment", "completed", "rejected")}})
+        if on_probe:
+            on_probe(rate, metrics)
+        return ok
+
+    lo, hi = 0.0, None
+    rate = start_rps
+    while len(result.probes) < max_probes:
+        if probe(rate):
+            lo = rate
+            if hi is not None:
+                break
+            rate *= 2
+        else:
+            hi = rate
+            if lo > 0:
+                break
+            rate /= 2
+            if rate < start_rps / 1024:
+                return result
+    while hi is not None and lo > 0 and (hi - lo) / hi > rel_tol and len(result.probes) < max_probes:
+        mid = (lo + hi) / 2
+        if probe(mid):
+            lo = mid
+        else:
+            hi = mid
+    result.goodput_rps = lo
+    return result

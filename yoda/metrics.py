@@ -1,0 +1,90 @@
+"""Latency metrics, SLO attainment and throughput from request records (DESIGN.md section 2).
+
+Results use `vllm bench serve` field names where one exists (ITL there is our TBT) plus our own fields.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from yoda.request import SLO, RequestRecord
+
+PERCENTILES = (50, 90, 99)
+
+
+def _summary(name: str, values_s: Sequence[float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    arr = np.asarray(values_s, dtype=float) * 1000.0
+    if arr.size == 0:
+        return {f"mean_{name}_ms": float("nan"), f"median_{name}_ms": float("nan"),
+                f"std_{name}_ms": float("nan"), **{f"p{p}_{name}_ms": float("nan") for p in PERCENTILES}}
+    out[f"mean_{name}_ms"] = float(arr.mean())
+    out[f"median_{name}_ms"] = float(np.median(arr))
+    out[f"std_{name}_ms"] = float(arr.std())
+    for p in PERCENTILES:
+        out[f"p{p}_{name}_ms"] = float(np.percentile(arr, p))
+    return out
+
+
+def all_tbt_gaps_s(records: Iterable[RequestRecord]) -> np.ndarray:
+    gaps = [np.diff(np.asarray(r.token_at)) for r in records if len(r.token_at) > 1]
+    return np.concatenate(gaps) if gaps else np.zeros(0)
+
+
+def request_meets_slo(record: RequestRecord, slo: SLO) -> bool:
+    """Request-level SLO (DistServe convention): TTFT <= target and TPOT <= TBT target."""
+    if not record.finished or record.ttft_s is None:
+        return False
+    tpot = record.tpot_s
+    return record.ttft_s <= slo.ttft_target_s(record.prompt_len) and (tpot is None or tpot <= slo.tbt_s)
+
+
+def compute_metrics(records: Sequence[RequestRecord], slo: SLO) -> dict[str, float | int | bool]:
+    """Everything a results JSON reports about one run."""
+    done = [r for r in records if r.finished]
+    rejected = [r for r in records if r.rejected_reason is not None]
+    ttft = [r.ttft_s for r in done]
+    tpot = [r.tpot_s for r in done if r.tpot_s is not None]
+    e2e = [r.e2e_s for r in done]
+    gaps = all_tbt_gaps_s(done)
+    start = min((r.arrival_at for r in records), default=0.0)
+    end = max((r.finished_at for r in done), default=start)
+    duration = max(end - start, 1e-9)
+    out_tokens = sum(len(r.token_at) for r in done)
+    in_tokens = sum(r.prompt_len for r in done)
+    pct = slo.percentile
+    p_ttft = float(np.percentile(np.asarray(ttft) * 1000, pct)) if ttft else float("inf")
+    # TTFT over its own target (targets can grow with prompt length); fleet TTFT is met when <= 1
+    ttft_ratio = [r.ttft_s / slo.ttft_target_s(r.prompt_len) for r in done]
+    p_ttft_ratio = float(np.percentile(ttft_ratio, pct)) if ttft_ratio else float("inf")
+    p_tbt = float(np.percentile(gaps * 1000, pct)) if gaps.size else 0.0
+    res: dict[str, float | int | bool] = {
+        "num_requests": len(records),
+        "completed": len(done),
+        "rejected": len(rejected),
+        "duration": duration,
+        "total_input_tokens": in_tokens,
+        "total_output_tokens": out_tokens,
+        "request_throughput": len(done) / duration,
+        "output_throughput": out_tokens / duration,
+        "total_token_throughput": (in_tokens + out_tokens) / duration,
+        **_summary("ttft", ttft),
+        **_summary("tpot", tpot),
+        **_summary("itl", gaps),
+        **_summary("tbt", gaps),
+        **_summary("e2el", e2e),
+        "slo_ttft_ms": slo.ttft_ms,
+        "slo_tbt_ms": slo.tbt_ms,
+        "slo_percentile": pct,
+        "slo_ttft_ms_per_token": slo.ttft_ms_per_token,
+        "slo_ttft_at_percentile_ms": p_ttft,
+        "slo_ttft_ratio_at_percentile": p_ttft_ratio,
+        "slo_tbt_at_percentile_ms": p_tbt,
+        "slo_attainment": sum(request_meets_slo(r, slo) for r in records) / max(len(records), 1),
+        "fleet_slo_met": bool(done) and not rejected and p_ttft_ratio <= 1.0 and p_tbt <= slo.tbt_ms,
+        "num_preemptions": sum(r.num_preemptions for r in records),
+        "reused_prompt_tokens": sum(r.reused_len for r in done),
+        "kv_reuse_fraction": sum(r.reused_len for r in done) / max(in_tokens, 1),
+    }
+    return res

@@ -1,0 +1,265 @@
+"""Machinery every per-GPU scheduler shares: request states, KV admission, decode growth with
+preemption (recompute), token accounting and layer-group prefill progress.
+
+Policies subclass `SchedulerCore` and implement only `schedule(now, busy)`; nothing here reads a clock.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from yoda.backend import DECODE, Launch, PrefillChunk
+from yoda.kv_cache import KVCache, chain_keys
+from yoda.request import SLO, Request, RequestRecord
+
+REJECT_TOO_LONG = "prompt and output exceed the whole KV cache"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    num_sms: int
+    num_layers: int
+    kv_blocks: int
+    block_size: int = 16
+    max_batch: int = 256  # decode batch cap (largest CUDA-graph batch)
+    max_prefill_tokens: int = 16384  # new tokens per prefill launch
+    watermark: float = 0.01  # fraction of KV kept free at admission so decodes can grow
+
+    def __post_init__(self) -> None:
+        for name in ("num_sms", "num_layers", "kv_blocks", "block_size", "max_batch", "max_prefill_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SchedulerConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(slots=True, eq=False)
+class RequestState:
+    request: Request
+    record: RequestRecord
+    chain: list[int]
+    order: int  # admission order tie-breaker (FCFS)
+    prefilled_len: int = 0  # prompt tokens whose KV is computed
+    target_len: int = 0  # tokens to prefill: the prompt, plus generated tokens after a preemption
+    num_generated: int = 0
+    admitted: bool = False
+    in_flight: bool = False
+
+    @property
+    def id(self) -> int:
+        return self.request.request_id
+
+    @property
+    def remaining_prefill(self) -> int:
+        return self.target_len - self.prefilled_len
+
+    @property
+    def context_len(self) -> int:
+        """KV tokens a decode step of this request attends to (including the token it writes)."""
+        return self.request.prompt_len + self.num_generated
+
+
+@dataclass(slots=True)
+class PrefillJob:
+    """Prefill chunks that advance through the model's layers together (layer groups)."""
+
+    chunks: tuple[PrefillChunk, ...]
+    states: list[RequestState]
+    layers_done: int = 0
+    num_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.num_tokens = sum(c.num_new for c in self.chunks)
+
+
+class SchedulerCore:
+    """Shared state machine. Subclasses implement `schedule`."""
+
+    def __init__(self, config: SchedulerConfig, slo: SLO) -> None:
+        self.config = config
+        self.slo = slo
+        self.kv = KVCache(config.kv_blocks, config.block_size)
+        self.states: dict[int, RequestState] = {}
+        self.waiting: deque[RequestState] = deque()  # no KV yet
+        self.prefilling: list[RequestState] = []  # KV allocated, prefill not complete
+        self.ready: list[RequestState] = []  # prefill complete, joins decode at the next step boundary
+        self.decoding: list[RequestState] = []
+        self.records: list[RequestRecord] = []
+        self._order = 0
+        self.num_steps = 0
+
+    # ---- events ---------------------------------------------------------------------------------
+    def on_arrival(self, request: Request, now: float) -> None:
+        record = RequestRecord.for_request(request)
+        self.records.append(record)
+        if not self.kv.fits_empty(request.prompt_len + request.output_len):
+            record.rejected_reason = REJECT_TOO_LONG
+            record.finished_at = now
+            return
+        state = RequestState(request, record, chain_keys(request.block_keys(self.config.block_size)), self._order,
+                             target_len=request.prompt_len)
+        self._order += 1
+        self.states[request.request_id] = state
+        self.waiting.append(state)
+
+    def on_launch_done(self, launch: Launch, now: float) -> None:
+        self.num_steps += 1
+        for rid in launch.decode_ids:
+            state = self.states[rid]
+            state.in_flight = False
+            self._emit_token(state, now)
+        if launch.prefill:
+            self._advance_prefill(launch, now)
+
+    def has_work(self) -> bool:
+        return bool(self.states)
+
+    def schedule(self, now: float, busy: dict[str, Launch]) -> Sequence[Launch]:  # pragma: no cover
+        raise NotImplementedError
+
+    # ---- token and prefill accounting -----------------------------------------------------------------
+    def _emit_token(self, state: RequestState, now: float) -> None:
+        state.num_generated += 1
+        state.record.token_at.append(now)
+        if state.num_generated >= state.request.output_len:
+            self._finish(state, now)
+
+    def _advance_prefill(self, launch: Launch, now: float) -> None:
+        if not launch.prefill_completes:
+            return
+        for chunk in launch.prefill:
+            state = self.states[chunk.request_id]
+            state.in_flight = False
+            state.prefilled_len = chunk.end_len
+            self.kv.commit(state.id, state.prefilled_len)
+            if state.prefilled_len < state.target_len:
+                continue
+            self.prefilling.remove(state)
+            self._emit_token(state, now)
+            if state.id in self.states:
+                self.ready.append(state)
+
+    def _finish(self, state: RequestState, now: float) -> None:
+        state.record.finished_at = now
+        if state.admitted:
+            self.kv.free(state.id)
+        for queue in (self.decoding, self.ready):
+            if state in queue:
+                queue.remove(state)
+        del self.states[state.id]
+
+    # ---- admission --------------------------------------------------------------------------------
+    def try_admit(self, state: RequestState, now: float) -> bool:
+        """Allocate KV for the prompt (reusing the cached prefix). False if it does not fit now."""
+        keep_free = int(self.config.watermark * self.config.kv_blocks)
+        need = self.kv.blocks_for(state.target_len)
+        if need + keep_free > self.kv.num_free_blocks + self.kv.match_prefix(state.chain):
+            return False
+        try:
+            alloc = self.kv.allocate(state.id, state.target_len, state.chain)
+        except Exception:
+            return False
+        reused = min(alloc.num_reused_blocks * self.config.block_size, state.target_len - 1)
+        state.prefilled_len = reused
+        state.record.reused_len = min(reused, state.request.prompt_len)
+        state.admitted = True
+        self.prefilling.append(state)
+        return True
+
+    def admit_waiting(self, now: float, token_budget: int, max_requests: int = 1 << 30) -> list[RequestState]:
+        """Admit waiting requests FCFS while their remaining prefill fits `token_budget`."""
+        admitted: list[RequestState] = []
+        while self.waiting and len(admitted) < max_requests:
+            state = self.waiting[0]
+            if not self.try_admit(state, now):
+                break
+            self.waiting.popleft()
+            admitted.append(state)
+            token_budget -= state.remaining_prefill
+            if token_budget <= 0:
+                break
+        return admitted
+
+    def prefill_chunks(self, states: Iterable[RequestState], token_budget: int) -> list[PrefillChunk]:
+        """Chunks of admitted, idle prefills filling `token_budget` new tokens (the last one split)."""
+        chunks = []
+        for state in states:
+            if token_budget <= 0:
+                break
+            if state.in_flight or state.remaining_prefill <= 0:
+                continue
+            n = min(state.remaining_prefill, token_budget)
+            chunks.append(PrefillChunk(state.id, state.prefilled_len, n))
+            token_budget -= n
+        return chunks
+
+    # ---- decode -----------------------------------------------------------------------------------
+    def merge_ready(self) -> None:
+        self.decoding.extend(self.ready)
+        self.ready.clear()
+
+    def decode_batch(self, now: float) -> list[RequestState]:
+        """Requests for the next decode step, after growing their KV (preempting the newest on shortage)."""
+        self.merge_ready()
+        batch = [s for s in self.decoding if not s.in_flight][: self.config.max_batch]
+        kept = []
+        for state in batch:
+            if state.id not in self.states or state.in_flight:
+                continue  # preempted while making room for an earlier one
+            if self._grow(state):
+                kept.append(state)
+        return [s for s in kept if s.id in self.states and s.admitted]
+
+    def _grow(self, state: RequestState) -> bool:
+        if self.kv.has_room(state.id, state.context_len):
+            return True
+        while not self.kv.can_extend(state.id, state.context_len):
+            victim = self._pick_victim(exclude=state)
+            if victim is None:
+                self.preempt(state)
+                return False
+            self.preempt(victim)
+        self.kv.extend(state.id, state.context_len)
+        return True
+
+    def _pick_victim(self, exclude: RequestState) -> RequestState | None:
+        idle = [s for s in self.prefilling + self.decoding if not s.in_flight and s is not exclude and s.admitted]
+        return max(idle, key=lambda s: s.order, default=None)
+
+    def preempt(self, state: RequestState) -> None:
+        """Free a request's KV and requeue it to recompute prompt + generated tokens (vLLM recompute)."""
+        self.kv.free(state.id)
+        state.admitted = False
+        state.record.num_preemptions += 1
+        for queue in (self.decoding, self.ready, self.prefilling):
+            if state in queue:
+                queue.remove(state)
+        # the recompute prefill covers the tokens generated so far and emits the next one
+        state.target_len = state.request.prompt_len + state.num_generated
+        state.prefilled_len = 0
+        self.waiting.appendleft(state)
+
+    def decode_launch(self, batch: Sequence[RequestState], num_sms: int, lane: str = DECODE) -> Launch:
+        for s in batch:
+            s.in_flight = True
+        return Launch(lane, num_sms, decode_ids=tuple(s.id for s in batch),
+                      decode_kv_len=sum(s.context_len for s in batch), num_layers=self.config.num_layers)
+
+    def prefill_launch(self, chunks: Sequence[PrefillChunk], num_sms: int, lane: str, layer_start: int = 0,
+                       layer_end: int | None = None, batch: Sequence[RequestState] = ()) -> Launch:
+        for c in chunks:
+            self.states[c.request_id].in_flight = True
+        for s in batch:
+            s.in_flight = True
+        n = self.config.num_layers
+        return Launch(lane, num_sms, decode_ids=tuple(s.id for s in batch),
+                      decode_kv_len=sum(s.context_len for s in batch), prefill=tuple(chunks),
+                      layer_start=layer_start, layer_end=n if layer_end is None else layer_end, num_layers=n)
+
+    def check_invariants(self) -> None:
+        self.kv.check_invariants()
+        live = set(self.states)
+        queued = [s.id for q in (self.waiting, self.prefilling, self.ready, self.decoding) for s in q]
+        assert len(queued) == len(set(queued)), "a request sits in two queues"
+        assert set(queued) == live, "a live request is in no queue"
+        for s in self.states.values():
+            assert s.admitted == (s.id in self.kv)
