@@ -1,1 +1,14 @@
-"""Real-GPU backend: model, Triton kernels, paged KV pool, SM partitions (green contexts) and the engine."""
+"""Real-GPU backend: model, Triton kernels, paged KV pool, SM partitions (green contexts) and the engine.
+
+    config.py           built-in model configs by name (llama3-8b, llama3-70b, qwen2.5-7b, tiny) or config.json
+    model.py            Llama/Qwen2 decoder for layer groups: embed / run_layers / logits; random or safetensors
+    attn_metadata.py    a batch's positions, KV slots, block tables and lengths (decode, prefill, mixed)
+    triton_kernels.py   paged split-KV decode attention, prefix-aware prefill attention, RMSNorm, RoPE, SiLU-mul
+    torch_reference.py  the same functions in plain torch (ground truth; the CPU default)
+    kv_pool.py          per-layer paged K/V tensors addressed by yoda.kv_cache block ids
+    partitions.py       green-context (prefill, decode) stream pairs per SM split; one-lane fallback
+    decode_graph.py     decode CUDA graphs per (decode partition, batch-size bucket)
+    engine.py           runs Launches on the partitions, polls CUDA events, samples tokens
+    prompts.py          synthetic prompt tokens for traces that give only lengths and hash blocks
+    gpu_check.py        one-call GPU check: partitions, timings per partition, both lanes, rooflines
+"""

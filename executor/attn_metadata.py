@@ -57,23 +57,22 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sm
 
 def build_attn_metadata(seqs: Sequence[SeqSlice], block_size: int, device: torch.device | str,
                         num_splits: int = 1) -> AttnMetadata:
-    positions: list[int] = []
-    slots: list[int] = []
-    query_start = [0]
-    for s in seqs:
-        positions.extend(range(s.start_len, s.start_len + s.num_new))
-        slots.extend(slot_mapping(s.block_table, s.start_len, s.start_len + s.num_new, block_size))
-        query_start.append(query_start[-1] + s.num_new)
+    """Host-side tensors for the batch, copied to `device` (pinned and non-blocking on CUDA)."""
+    positions = torch.cat([torch.arange(s.start_len, s.start_len + s.num_new) for s in seqs])
+    slots = torch.cat([slot_mapping(s.block_table, s.start_len, s.start_len + s.num_new, block_size) for s in seqs])
+    query_start = torch.zeros(len(seqs) + 1, dtype=torch.int32)
+    query_start[1:] = torch.tensor([s.num_new for s in seqs]).cumsum(0)
     max_blocks = max(len(s.block_table) for s in seqs)
-    tables = [list(s.block_table) + [0] * (max_blocks - len(s.block_table)) for s in seqs]
+    tables = torch.zeros((len(seqs), max_blocks), dtype=torch.int32)  # padding: block 0, never read
+    for i, s in enumerate(seqs):
+        tables[i, :len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.int32)
+    seq_lens = torch.tensor([s.start_len + s.num_new for s in seqs], dtype=torch.int32)
+    cuda = torch.device(device).type == "cuda"
 
-    def to(values: list, dtype: torch.dtype) -> torch.Tensor:
-        t = torch.tensor(values, dtype=dtype)
+    def to(t: torch.Tensor) -> torch.Tensor:
         # pinned + non_blocking: the host never waits for the stream (pageable copies may)
-        return t.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else t
+        return t.pin_memory().to(device, non_blocking=True) if cuda else t
 
     return AttnMetadata(
-        positions=to(positions, torch.int64), slot_mapping=to(slots, torch.int64),
-        block_tables=to(tables, torch.int32), seq_lens=to([s.start_len + s.num_new for s in seqs], torch.int32),
-        query_start=to(query_start, torch.int32), max_query_len=max(s.num_new for s in seqs),
-        num_splits=num_splits)
+        positions=to(positions), slot_mapping=to(slots), block_tables=to(tables), seq_lens=to(seq_lens),
+        query_start=to(query_start), max_query_len=max(s.num_new for s in seqs), num_splits=num_splits)

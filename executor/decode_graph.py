@@ -20,7 +20,7 @@ from executor.model import DecoderModel
 def batch_buckets(max_batch: int) -> list[int]:
     """1, 2, 4, 8, 16, then every 16 up to max_batch (as SGLang/vLLM capture)."""
     small = [b for b in (1, 2, 4, 8) if b < max_batch]
-    return small + list(range(16, max_batch + 1, 16)) + ([max_batch] if max_batch % 16 and max_batch > 8 else [])
+    return sorted(set(small + list(range(16, max_batch + 1, 16)) + [max_batch]))
 
 
 class DecodeGraphs:
@@ -55,6 +55,7 @@ class DecodeGraphs:
         """Capture every bucket on `stream` (the decode partition with `num_sms` SMs). Blocks until done."""
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
+        torch.cuda.synchronize()  # static inputs and weights made on other streams are ready
         with torch.cuda.stream(stream):
             for batch in reversed(self.buckets):  # largest first: later captures reuse its pool memory
                 meta = self._metadata(batch, num_sms)
@@ -71,31 +72,30 @@ class DecodeGraphs:
         return batch <= self.max_batch and (num_sms, self.buckets[-1]) in self._graphs
 
     def fill(self, token_ids: Sequence[int], slices: Sequence[SeqSlice]) -> int:
-        """Write a batch into the static inputs on the current stream; returns its bucket. Rows past the
-        batch are reset to the scratch block, so stale entries never write live KV."""
+        """Write a batch into the static inputs on the current stream; returns its bucket. Padded rows point
+        at the scratch block; table columns past a row's length keep stale ids (never read: seq_lens bound them)."""
         b = len(slices)
         bucket = next(x for x in self.buckets if x >= b)
-        bs, width = self.kv_pool.block_size, self.block_tables.shape[1]
+        bs, scratch = self.kv_pool.block_size, self.kv_pool.scratch_block
         positions = [s.start_len for s in slices]
         if max(positions) >= self.max_context_len:
             raise ValueError(f"decode position {max(positions)} beyond captured context {self.max_context_len}")
         slots = [s.block_table[p // bs] * bs + p % bs for s, p in zip(slices, positions)]
-        tables = torch.full((bucket, width), self.kv_pool.scratch_block, dtype=torch.int32)
-        for i, s in enumerate(slices):
-            n = min(len(s.block_table), width)
+        used = [p // bs + 1 for p in positions]  # blocks each row reads
+        tables = torch.full((bucket, max(used)), scratch, dtype=torch.int32)
+        for i, (s, n) in enumerate(zip(slices, used)):
             tables[i, :n] = torch.tensor(s.block_table[:n], dtype=torch.int32)
         pad = bucket - b
-        scratch_slot = self.kv_pool.scratch_block * bs
         pin = self.token_ids.is_cuda
 
         def put(dst: torch.Tensor, src: torch.Tensor) -> None:
-            dst[:bucket].copy_(src.pin_memory() if pin else src, non_blocking=True)
+            dst.copy_(src.pin_memory() if pin else src, non_blocking=True)
 
-        put(self.token_ids, torch.tensor(list(token_ids) + [0] * pad, dtype=torch.int64))
-        put(self.positions, torch.tensor(positions + [0] * pad, dtype=torch.int64))
-        put(self.slot_mapping, torch.tensor(slots + [scratch_slot] * pad, dtype=torch.int64))
-        put(self.seq_lens, torch.tensor([p + 1 for p in positions] + [1] * pad, dtype=torch.int32))
-        put(self.block_tables, tables)
+        put(self.token_ids[:bucket], torch.tensor(list(token_ids) + [0] * pad, dtype=torch.int64))
+        put(self.positions[:bucket], torch.tensor(positions + [0] * pad, dtype=torch.int64))
+        put(self.slot_mapping[:bucket], torch.tensor(slots + [scratch * bs] * pad, dtype=torch.int64))
+        put(self.seq_lens[:bucket], torch.tensor([p + 1 for p in positions] + [1] * pad, dtype=torch.int32))
+        put(self.block_tables[:bucket, :tables.shape[1]], tables)
         return bucket
 
     def run(self, num_sms: int, token_ids: Sequence[int], slices: Sequence[SeqSlice]) -> torch.Tensor:

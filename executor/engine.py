@@ -103,7 +103,8 @@ class Engine:
         """Capture one decode graph per (decode partition, batch-size bucket); no-op off CUDA."""
         if not self.use_cuda_graphs:
             return
-        max_len = max_context_len or self.kv_cache.num_blocks * self.kv_cache.block_size
+        max_len = max_context_len or min(self.kv_cache.num_blocks * self.kv_cache.block_size,
+                                         self.model.config.max_position_embeddings)
         self.decode_graphs = DecodeGraphs(self.model, self.kv_pool, max_batch, max_len)
         for num_sms, stream in self.partitions.decode_streams().items():
             self.decode_graphs.capture(num_sms, stream)
@@ -154,11 +155,11 @@ class Engine:
         return out
 
     def _run(self, launch: Launch, flight: _InFlight, stream: torch.cuda.Stream | None) -> None:
-        num_layers = self.model.num_layers
-        one_batch = bool(launch.decode_ids and launch.prefill) and (launch.layer_start, launch.layer_end) == (0, num_layers)
+        all_layers = (launch.layer_start, launch.layer_end) == (0, self.model.num_layers)
+        one_batch = bool(launch.decode_ids and launch.prefill) and all_layers  # mixed: decode rides along
         logits, owners = [], []
         if launch.decode_ids and not one_batch:
-            logits.append(self._decode(launch, stream))
+            logits.append(self._decode(launch))
             owners.extend(launch.decode_ids)
         if launch.prefill:
             decode_ids = launch.decode_ids if one_batch else ()
@@ -184,12 +185,13 @@ class Engine:
             seq.num_computed += 1
         return tokens, slices
 
-    def _decode(self, launch: Launch, stream: torch.cuda.Stream | None) -> torch.Tensor:
+    def _decode(self, launch: Launch) -> torch.Tensor:
         """One decode step over all layers; [B, vocab] logits."""
         tokens, slices = self._decode_slices(launch.decode_ids)
         graphs = self.decode_graphs
-        if graphs is not None and graphs.can_run(launch.num_sms, len(tokens)):
-            return graphs.run(launch.num_sms, tokens, slices)
+        key = launch.num_sms if self.partitions.is_partitioned else self.partitions.num_sms  # graphs per partition
+        if graphs is not None and graphs.can_run(key, len(tokens)):
+            return graphs.run(key, tokens, slices)
         meta = build_attn_metadata(slices, self.kv_pool.block_size, self.device, self._num_splits(slices, launch))
         return self.model.forward(self._tensor(tokens), meta, self.kv_pool)
 
@@ -227,9 +229,8 @@ class Engine:
         seq = self._seqs[chunk.request_id]
         if chunk.end_len > seq.prompt_len:
             raise ValueError(f"request {chunk.request_id}: chunk ends at {chunk.end_len} > prompt {seq.prompt_len}")
-        if layer_start == 0:
-            if seq.pending is not None:
-                raise ValueError(f"request {chunk.request_id}: new chunk while one is between layer groups")
+        if layer_start == 0:  # a chunk still between layer groups is dropped: restarting it recomputes its KV
+            seq.pending = None
             return self.model.embed(self._tensor(seq.token_ids[chunk.start_len:chunk.end_len]))
         p = seq.pending
         if p is None or (p.start_len, p.num_new, p.next_layer) != (chunk.start_len, chunk.num_new, layer_start):

@@ -25,6 +25,8 @@ class KVPool:
         # k[layer], v[layer]: [num_blocks + 1, block_size, num_kv_heads, head_dim]
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)  # zeroed before any partition stream (no implicit sync) reads it
 
     @classmethod
     def for_model(cls, config: PretrainedConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
@@ -44,9 +46,12 @@ class KVPool:
         self.v[layer].view(-1, *v.shape[1:]).index_copy_(0, slot_mapping, v)
 
 
-def slot_mapping(block_table: Sequence[int], start_len: int, end_len: int, block_size: int) -> list[int]:
-    """Pool slots of token positions [start_len, end_len) of a sequence with `block_table`."""
+def slot_mapping(block_table: Sequence[int], start_len: int, end_len: int, block_size: int) -> torch.Tensor:
+    """[end_len - start_len] int64 pool slots of token positions [start_len, end_len) (a host tensor)."""
     if end_len > len(block_table) * block_size:
         raise ValueError(f"block table of {len(block_table)} blocks of {block_size} cannot hold {end_len} tokens: "
                          "the scheduler must allocate or extend KV blocks before launching")
-    return [block_table[i // block_size] * block_size + i % block_size for i in range(start_len, end_len)]
+    first, last = start_len // block_size, -(-end_len // block_size)
+    blocks = torch.tensor(block_table[first:last], dtype=torch.int64)
+    pos = torch.arange(start_len, end_len)
+    return blocks[pos // block_size - first] * block_size + pos % block_size

@@ -107,6 +107,9 @@ class DecoderModel:
         def ones(n: int) -> torch.Tensor:
             return torch.ones(n, device=self.device, dtype=self.dtype)
 
+        def zeros(n: int) -> torch.Tensor:
+            return torch.zeros(n, device=self.device, dtype=self.dtype)
+
         qkv_rows = (self.num_heads + 2 * self.num_kv_heads) * d
         self.embed_tokens = randn(c.vocab_size, c.hidden_size)
         self.final_norm = ones(c.hidden_size)
@@ -114,9 +117,9 @@ class DecoderModel:
         bias = has_qkv_bias(c)
         self.layers = [LayerWeights(
             input_norm=ones(c.hidden_size), qkv=randn(qkv_rows, c.hidden_size),
-            qkv_bias=torch.zeros(qkv_rows, device=self.device, dtype=self.dtype) if bias else None,
+            qkv_bias=zeros(qkv_rows) if bias else None,
             o_proj=randn(c.hidden_size, self.num_heads * d),
-            o_bias=torch.zeros_like(ones(c.hidden_size)) if self._has_o_bias() else None,
+            o_bias=zeros(c.hidden_size) if self._has_o_bias() else None,
             post_norm=ones(c.hidden_size), gate_up=randn(2 * c.intermediate_size, c.hidden_size),
             down=randn(c.hidden_size, c.intermediate_size)) for _ in range(self.num_layers)]
         return self
@@ -231,4 +234,8 @@ def build_model(name_or_path: str, device: torch.device | str = "cpu", dtype: to
     if num_layers is not None:
         config.num_hidden_layers = num_layers
     model = DecoderModel(config, device, dtype, use_triton)
-    return model.load_weights(weights) if weights is not None else model.init_random(seed)
+    model = model.load_weights(weights) if weights is not None else model.init_random(seed)
+    _ = model.cos_sin  # built now, not inside a CUDA-graph capture
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)  # weights written before partition streams read them
+    return model

@@ -88,9 +88,9 @@ class PartitionManager:
         device = torch.device(device)
         num_sms = 1
         manager = cls(device, num_sms, [], {}, reason, [])
-        if device.type == "cuda":
+        if device.type == "cuda":  # a side stream: graphs cannot be captured on the legacy default stream
             manager.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
-            manager._single = torch.cuda.current_stream(device)
+            manager._single = torch.cuda.Stream(device)
         return manager
 
     @classmethod
@@ -108,8 +108,8 @@ class PartitionManager:
             return cls.single_lane(device, f"cuda.bindings not importable ({e}): one lane")
         try:
             return _build_green(device, menu, group_sms)
-        except (RuntimeError, AttributeError) as e:
-            return cls.single_lane(device, f"green contexts unavailable ({e}): one lane")
+        except Exception as e:  # old driver or bindings, MIG, unsupported split: run on one lane, say why
+            return cls.single_lane(device, f"green contexts unavailable ({type(e).__name__}: {e}): one lane")
 
     def stream_for(self, lane: str, num_sms: int):
         """The stream for a launch on `lane` with `num_sms` SMs (None on the CPU; the one stream if single lane)."""
@@ -131,6 +131,15 @@ class PartitionManager:
         if self._streams:
             return dict(self._streams[DECODE])
         return {self.num_sms: self._single} if self._single is not None else {}
+
+
+def partition_resources(pairs: Sequence[PartitionPair], groups: Sequence, leftover: Sequence) -> list[tuple]:
+    """(lane, planned_sms, resources) for every distinct partition of the menu: prefill takes the first
+    groups, decode the last groups plus the leftover SMs (one green context each, shared by the pairs)."""
+    sizes = sorted({(PREFILL, p.prefill_groups, p.prefill_sms) for p in pairs}
+                   | {(DECODE, p.decode_groups, p.decode_sms) for p in pairs})
+    return [(lane, planned, list(groups[:count]) if lane == PREFILL
+             else list(groups[len(groups) - count:]) + list(leftover)) for lane, count, planned in sizes]
 
 
 def _check(result: tuple):
@@ -155,7 +164,7 @@ def _green_stream(driver, dev, resources: list, device: torch.device) -> tuple[o
 def _build_green(device: torch.device, menu: Sequence[tuple[int, int]] | None, group_sms: int) -> PartitionManager:
     from cuda.bindings import driver
 
-    torch.cuda.init()  # the primary context exists before the driver API is used
+    torch.zeros(1, device=device)  # torch's primary context exists before the driver API is used
     _check(driver.cuInit(0))
     dev = _check(driver.cuDeviceGet(device.index or 0))
     whole = _check(driver.cuDeviceGetDevResource(dev, driver.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM))
@@ -169,9 +178,7 @@ def _build_green(device: torch.device, menu: Sequence[tuple[int, int]] | None, g
              else default_menu(num_groups, group_sms, rem_sms))
     streams: dict[str, dict[int, object]] = {PREFILL: {}, DECODE: {}}
     infos, keep = [], []
-    for lane, count, planned in sorted({(PREFILL, p.prefill_groups, p.prefill_sms) for p in pairs}
-                                       | {(DECODE, p.decode_groups, p.decode_sms) for p in pairs}):
-        chosen = groups[:count] if lane == PREFILL else groups[num_groups - count:] + leftover
+    for lane, planned, chosen in partition_resources(pairs, groups, leftover):
         t0 = time.perf_counter()
         stream, realised, handles = _green_stream(driver, dev, chosen, device)
         streams[lane][planned] = stream

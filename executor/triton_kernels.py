@@ -10,8 +10,14 @@ import triton
 import triton.language as tl
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"  # fp32 tests want exact fp32 products
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def _dot_args(x: torch.Tensor) -> dict:
+    """Operand dtype and precision of tl.dot. NOTE: the interpreter computes bf16 arithmetic on raw bits,
+    so on the CPU every dot runs in fp32; fp32 uses exact ("ieee") products, never TF32."""
+    dtype = torch.float32 if _on_cpu(x) else x.dtype
+    return {"DOT_DTYPE": _TL_DTYPES[dtype], "PRECISION": "ieee" if dtype == torch.float32 else "tf32"}
 
 
 def _on_cpu(x: torch.Tensor) -> bool:
@@ -30,9 +36,10 @@ def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, x_stride, out_stride, n_rows, n_cols
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
     x = tl.load(x_ptr + rows[:, None] * x_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     y = x / tl.sqrt(tl.sum(x * x, axis=1) / n_cols + eps)[:, None]  # [BLOCK_ROWS, BLOCK]
-    w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0)[None, :]
-    out = w * y.to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], out, mask=mask)
+    w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+    # as transformers: weight * y rounded to the input dtype (exact in fp32, rounded once more on store)
+    out = w * y.to(out_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -128,7 +135,7 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out
                          q_stride_b, q_stride_h, table_stride, stride_blk, stride_tok, stride_head,
                          GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                         NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr):
+                         NUM_SPLITS: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
     b, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + b)
     split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
@@ -140,7 +147,7 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out
     d = tl.arange(0, BLOCK_D)
     d_mask = d < HEAD_DIM
     q = tl.load(q_ptr + b * q_stride_b + heads[:, None] * q_stride_h + d[None, :],
-                mask=h_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_H, BLOCK_D]
+                mask=h_mask[:, None] & d_mask[None, :], other=0.0).to(DOT_DTYPE)  # [BLOCK_H, BLOCK_D]
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
@@ -149,16 +156,16 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = offs_n < end
         k = _load_paged(k_ptr, table_row, offs_n, n_mask, kv_head, d, d_mask, stride_blk, stride_tok, stride_head,
-                        BLOCK_SIZE)
+                        BLOCK_SIZE).to(DOT_DTYPE)
         v = _load_paged(v_ptr, table_row, offs_n, n_mask, kv_head, d, d_mask, stride_blk, stride_tok, stride_head,
-                        BLOCK_SIZE)
+                        BLOCK_SIZE).to(DOT_DTYPE)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_H, BLOCK_N]
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         p = tl.exp(s - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision=PRECISION)
         m_i = m_new
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
@@ -207,8 +214,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse, scale,
         q.stride(0), q.stride(1), block_tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         GROUP=group, HEAD_DIM=dim, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_D=block_d,
-        BLOCK_N=16 if _on_cpu(q) else 64, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits,
-        PRECISION=_dot_precision(q.dtype))
+        BLOCK_N=16 if _on_cpu(q) else 64, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, **_dot_args(q))
     _decode_reduce_kernel[(batch, num_heads)](
         part_out, part_lse, out, out.stride(0), out.stride(1), num_heads, HEAD_DIM=dim, BLOCK_D=block_d,
         NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits))
@@ -220,7 +226,7 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, seq_lens_ptr, quer
                     q_stride_t, q_stride_h, out_stride_t, out_stride_h, table_stride, stride_blk, stride_tok,
                     stride_head, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    PRECISION: tl.constexpr):
+                    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
     seq, m_block, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     kv_head = head // GROUP
     q_start = tl.load(query_start_ptr + seq)
@@ -233,7 +239,7 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, seq_lens_ptr, quer
     d_mask = d < HEAD_DIM
     rows = (q_start + offs_m).to(tl.int64)
     q = tl.load(q_ptr + rows[:, None] * q_stride_t + head * q_stride_h + d[None, :],
-                mask=m_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0).to(DOT_DTYPE)  # [BLOCK_M, BLOCK_D]
     q_pos = prefix_len + offs_m
     # causal: this tile of queries sees keys [0, prefix_len + last query + 1); nothing if the tile is empty
     end = tl.minimum(seq_len, prefix_len + (m_block + 1) * BLOCK_M)
@@ -246,16 +252,16 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, seq_lens_ptr, quer
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = offs_n < end
         k = _load_paged(k_ptr, table_row, offs_n, n_mask, kv_head, d, d_mask, stride_blk, stride_tok, stride_head,
-                        BLOCK_SIZE)
+                        BLOCK_SIZE).to(DOT_DTYPE)
         v = _load_paged(v_ptr, table_row, offs_n, n_mask, kv_head, d, d_mask, stride_blk, stride_tok, stride_head,
-                        BLOCK_SIZE)
+                        BLOCK_SIZE).to(DOT_DTYPE)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_M, BLOCK_N]
         s = tl.where(n_mask[None, :] & (offs_n[None, :] <= q_pos[:, None]), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))  # key 0 is visible to every row: m_new is finite
         p = tl.exp(s - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision=PRECISION)
         m_i = m_new
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(out_ptr + rows[:, None] * out_stride_t + head * out_stride_h + d[None, :],
@@ -282,5 +288,5 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_D=triton.next_power_of_2(dim),
-        BLOCK_N=block_n, BLOCK_SIZE=block_size, PRECISION=_dot_precision(q.dtype))
+        BLOCK_N=block_n, BLOCK_SIZE=block_size, **_dot_args(q))
     return out

@@ -45,12 +45,15 @@ class ContentionModel:
 
     def profile(self, launch: Launch, gpu: GpuSpec, model: ModelSpec) -> tuple[float, float]:
         """(sensitivity, pressure) of a launch, both in [0, 1]."""
-        key = (launch, gpu, model)
-        found = self._cache.get(key)
-        if found is None:
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            found = self._cache[key] = self._profile(launch, gpu, model)
+        # NOTE: keyed by identity (a launch is immutable and asked about many times while it runs);
+        # the stored launch guards against id reuse after garbage collection.
+        entry = self._cache.get(id(launch))
+        if entry is not None and entry[0] is launch and entry[1] is gpu and entry[2] is model:
+            return entry[3]
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        found = self._profile(launch, gpu, model)
+        self._cache[id(launch)] = (launch, gpu, model, found)
         return found
 
     def _profile(self, launch: Launch, gpu: GpuSpec, model: ModelSpec) -> tuple[float, float]:

@@ -60,6 +60,7 @@ class GpuInstance:
     # ---- inputs ---------------------------------------------------------------------------------
     def submit(self, request: Request) -> None:
         self.scheduler.on_arrival(request, self.env.now)
+        self.scheduler.records[-1].instance = self.index  # on_arrival appended this request's record
         self.kick()
 
     def kick(self) -> None:
@@ -89,11 +90,15 @@ class GpuInstance:
     def _retime(self) -> None:
         """Re-derive each running launch's rate from what runs beside it and reschedule its completion."""
         now = self.env.now
-        for lane, run in self.running.items():
+        running = self.running
+        for lane, run in running.items():
             run.remaining_s -= (now - run.updated_at) * run.rate
             run.updated_at = now
-            other = next((r.launch for l, r in self.running.items() if l != lane), None)
-            rate = 1.0 / self.contention.slowdown(run.launch, other, self.gpu, self.model)
+            if len(running) == 1:
+                rate = 1.0
+            else:
+                other = next(r.launch for l, r in running.items() if l != lane)
+                rate = 1.0 / self.contention.slowdown(run.launch, other, self.gpu, self.model)
             if run.version == 0 or rate != run.rate:
                 run.rate = rate
                 self._version += 1

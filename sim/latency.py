@@ -58,11 +58,13 @@ class Work(NamedTuple):
     """What one iteration does on one GPU, all layers."""
 
     gemm_flops: float  # linear layers + LM head
-    attention_flops: float
+    attention_flops: float  # prefill attention (new tokens over their prefix)
     weight_bytes: float  # weights read once per iteration
     activation_bytes: float
-    kv_bytes: float  # KV read by attention + KV written for the new tokens
+    kv_bytes: float  # KV read by prefill attention + KV written for the new tokens
     num_tokens: int  # tokens through the layers (all-reduce payload)
+    decode_attention_flops: float = 0.0
+    decode_kv_bytes: float = 0.0  # KV read by the decode batch's attention
 
 
 @dataclass(frozen=True)
@@ -78,34 +80,54 @@ class RooflineLatency:
     model: ModelSpec
     gpu: GpuSpec
     mfu: float = 0.65
+    gemm_half_tokens: int = 32  # tokens at which GEMMs reach half of `mfu` (M-dimension tile/wave effects)
     attention_mfu: float = 0.45
     mbu: float = 0.80
     step_overhead_s: float = 3e-4  # per iteration: sampling, metadata copies, graph/launch latency
     layer_overhead_s: float = 1e-5  # per layer: kernel tails and launch gaps
     allreduce_latency_s: float = 1.5e-5  # per all-reduce (two per layer when tp > 1)
 
+    def __post_init__(self) -> None:
+        m = self.model  # per-call constants, computed once (this runs for every simulated launch)
+        object.__setattr__(self, "_consts", (
+            m.num_layers * m.linear_flops_per_token_layer, m.lm_head_flops_per_token,
+            m.num_layers * m.attention_flops_per_pair, m.num_layers * m.layer_weight_bytes + m.lm_head_bytes,
+            m.num_layers * m.activation_bytes_per_token_layer, m.kv_bytes_per_token))
+
     def work(self, new_lens: Sequence[int], reused_lens: Sequence[int], batch: int, kv_len: int) -> Work:
         m, num_layers = self.model, self.model.num_layers
-        num_tokens = sum(new_lens) + batch
+        linear, lm_head, attn_pair, weights, activations, kv_per_token = self._consts  # type: ignore[attr-defined]
+        num_new = sum(new_lens)
+        num_tokens = num_new + batch
         num_seqs = len(new_lens) + batch  # rows that reach the LM head
-        prefill_attn = sum(m.attention_flops_layer(n, r) for n, r in zip(new_lens, reused_lens))
-        attention_flops = num_layers * (prefill_attn + m.attention_flops_per_pair * kv_len)
-        kv_tokens = sum(reused_lens) + 2 * sum(new_lens) + kv_len + batch  # read context + write new
+        prefill_attn = sum(m.attention_flops_layer(n, r) for n, r in zip(new_lens, reused_lens)) if new_lens else 0.0
         return Work(
-            gemm_flops=num_layers * m.linear_flops_per_token_layer * num_tokens + m.lm_head_flops_per_token * num_seqs,
-            attention_flops=attention_flops,
-            weight_bytes=num_layers * m.layer_weight_bytes + m.lm_head_bytes,
-            activation_bytes=num_layers * m.activation_bytes_per_token_layer * num_tokens,
-            kv_bytes=m.kv_bytes_per_token * kv_tokens,
+            gemm_flops=linear * num_tokens + lm_head * num_seqs,
+            attention_flops=num_layers * prefill_attn,
+            weight_bytes=weights,
+            activation_bytes=activations * num_tokens,
+            kv_bytes=kv_per_token * (sum(reused_lens) + 2 * num_new + batch),  # read prefix, write new
             num_tokens=num_tokens,
+            decode_attention_flops=attn_pair * kv_len,
+            decode_kv_bytes=kv_per_token * kv_len,
         )
 
+    def gemm_efficiency(self, num_tokens: int) -> float:
+        """Achieved share of peak for the linear layers: small M leaves tiles and waves partly idle."""
+        return self.mfu * num_tokens / (num_tokens + self.gemm_half_tokens)
+
     def compute_memory_s(self, work: Work, num_sms: int) -> tuple[float, float, float, float]:
-        """(GEMM compute, GEMM memory, attention compute, attention memory) seconds on `num_sms` SMs."""
+        """(GEMM compute, GEMM memory, attention compute, attention memory) seconds on `num_sms` SMs.
+        Attention sums the prefill and decode kernels' bound times (they run one after the other)."""
         flops = self.gpu.peak_flops * self.gpu.compute_share(num_sms)
         bandwidth = self.gpu.hbm_bytes_per_s * self.mbu * self.gpu.bandwidth_share(num_sms)
-        return (work.gemm_flops / (flops * self.mfu), (work.weight_bytes + work.activation_bytes) / bandwidth,
-                work.attention_flops / (flops * self.attention_mfu), work.kv_bytes / bandwidth)
+        gemm_c = work.gemm_flops / (flops * self.gemm_efficiency(max(work.num_tokens, 1)))
+        p_c, p_m = work.attention_flops / (flops * self.attention_mfu), work.kv_bytes / bandwidth
+        d_c, d_m = work.decode_attention_flops / (flops * self.attention_mfu), work.decode_kv_bytes / bandwidth
+        # report the dominant side of each kernel so max(c, m) of the pair is the sum of both kernels' times
+        attn_c = (p_c if p_c >= p_m else 0.0) + (d_c if d_c >= d_m else 0.0)
+        attn_m = (p_m if p_m > p_c else 0.0) + (d_m if d_m > d_c else 0.0)
+        return (gemm_c, (work.weight_bytes + work.activation_bytes) / bandwidth, attn_c, attn_m)
 
     def time_s(self, work: Work, num_sms: int) -> float:
         gemm_c, gemm_m, attn_c, attn_m = self.compute_memory_s(work, num_sms)
@@ -114,7 +136,7 @@ class RooflineLatency:
         if m.tp > 1:  # ring all-reduce after attention and after the MLP
             payload = work.num_tokens * m.hidden * m.dtype_bytes * 2 * (m.tp - 1) / m.tp
             overhead_s += 2 * m.num_layers * (self.allreduce_latency_s + payload / self.gpu.nvlink_bytes_per_s)
-        return max(gemm_c, gemm_m) + max(attn_c, attn_m) + overhead_s
+        return max(gemm_c, gemm_m) + attn_c + attn_m + overhead_s
 
     def prefill_s(self, new_lens: Sequence[int], reused_lens: Sequence[int], num_sms: int) -> float:
         return self.time_s(self.work(new_lens, reused_lens, 0, 0), num_sms)

@@ -80,14 +80,19 @@ def make_latency(name: str, model: ModelSpec, gpu: GpuSpec) -> LatencySource:
 
 
 def _schedulers(cfg: SimConfig, sched_cfg: SchedulerConfig, estimator_factory):
+    menu_keys = ("granularity", "step_sms")
     if cfg.policy != "disagg":
         options = dict(cfg.policy_options)
+        if cfg.policy != "yoda":
+            options = {k: v for k, v in options.items() if k not in menu_keys}
         make = (lambda: make_scheduler(cfg.policy, sched_cfg, cfg.slo, estimator=estimator_factory(), **options)
                 ) if cfg.policy == "yoda" else (lambda: make_scheduler(cfg.policy, sched_cfg, cfg.slo, **options))
         return [make() for _ in range(cfg.num_instances)]
     num_p = cfg.num_prefill_instances or max(1, cfg.num_instances // 2)
     if not 0 < num_p < cfg.num_instances:
         raise ValueError(f"disagg needs 1 <= prefill instances < {cfg.num_instances}, got {num_p}")
+    if cfg.policy_options:
+        raise ValueError(f"disagg takes no policy options, got {sorted(cfg.policy_options)}")
     return ([DisaggPrefill(sched_cfg, cfg.slo) for _ in range(num_p)]
             + [DisaggDecode(sched_cfg, cfg.slo) for _ in range(cfg.num_instances - num_p)])
 
@@ -130,5 +135,12 @@ def simulate(requests: Sequence[Request], cfg: SimConfig) -> SimResult:
         raise RuntimeError(f"simulation ended with {len(unfinished)} unfinished requests (first: {unfinished[:5]})")
     metrics = compute_metrics(records, cfg.slo)
     metrics.update(policy=cfg.policy, gpu=cfg.gpu, model=cfg.model, tp=cfg.tp, num_instances=cfg.num_instances)
+    counters: dict[str, int] = {}
+    for g in cluster.instances:
+        for key, value in getattr(g.scheduler, "counters", {}).items():
+            counters[key] = counters.get(key, 0) + value
+    if cluster.num_transfers:
+        counters.update(kv_transfers=cluster.num_transfers, kv_transferred_gb=round(cluster.transferred_bytes / 1e9, 3))
+    metrics["scheduler_counters"] = counters
     return SimResult(cfg, records, metrics, [g.timeline for g in cluster.instances],
                      time.perf_counter() - started, env.now)

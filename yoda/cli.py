@@ -17,7 +17,8 @@ def _mount() -> None:
         try:
             register = __import__(module, fromlist=["register"]).register
         except ModuleNotFoundError as exc:  # optional extras (torch, fastapi) not installed
-            if exc.name and exc.name.split(".")[0] in ("torch", "triton", "fastapi", "uvicorn", "transformers", "httpx"):
+            if exc.name == module or (exc.name and exc.name.split(".")[0] in (
+                    "torch", "triton", "fastapi", "uvicorn", "transformers", "httpx", "safetensors")):
                 continue
             raise
         register(app)

@@ -75,7 +75,7 @@ class DisaggDecode(PrefillFirst):
         while self.incoming:
             state = self.incoming[0]
             tokens = state.context_len - 1  # KV of prompt and generated tokens but the last one
-            keep = int(self.config.watermark * self.config.kv_blocks)
+            keep = int(self.config.watermark * self.config.kv_blocks) if self.kv.num_used_blocks else 0
             if self.kv.blocks_for(tokens) + keep > self.kv.num_free_blocks:
                 return
             self.kv.allocate(state.id, tokens, state.chain)

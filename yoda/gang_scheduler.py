@@ -38,6 +38,8 @@ class YodaOptions:
     prefill_tokens: int = 8192  # new tokens per prefill job
     tbt_margin: float = 0.9  # plan decode steps to this share of the TBT target
     keep: str = "tbt"  # SLO kept when both cannot be met: "tbt" (paper) or "ttft"
+    ttft_aware_split: bool = True  # give decode the SMs prefill can spare (ablation: paper's fewest-SMs rule)
+    ttft_safety: float = 1.5  # plan prefills to finish within 1/ttft_safety of their TTFT slack
 
 
 ABLATIONS: dict[str, dict] = {
@@ -46,11 +48,13 @@ ABLATIONS: dict[str, dict] = {
     "no_guard": {"guard": False},
     "static_partition": {"adaptive_partition": False},
     "no_preemption": {"preemption": False},
+    "fewest_decode_sms": {"ttft_aware_split": False},
 }
 
 
 class GangScheduler(SchedulerCore):
     PREEMPT_SCAN = 16  # waiting requests (in slack order) considered for a jump at each layer boundary
+    NEED_SCAN = 32  # waiting requests counted when sizing prefill's share against TTFT deadlines
 
     def __init__(self, config: SchedulerConfig, slo: SLO, estimator: Estimator, **options) -> None:
         super().__init__(config, slo)
@@ -65,6 +69,9 @@ class GangScheduler(SchedulerCore):
         self._decode_plan: tuple[float, float, int, int, int] | None = None  # start, solo est, pn, pr, sms
         self._static_decode_sms = self.menu.splits[len(self.menu.splits) // 2].decode_sms
         self._last_split: tuple[int, int] | None = None
+        self._split_sizes = [p.decode_sms for p in self.menu.splits]
+        self._split_memo: dict[tuple[int, int, int, int], int | None] = {}
+        self._prefill_est: dict[int, tuple[int, float]] = {}
 
     # ---- public estimates (dispatcher) ----------------------------------------------------------------
     def estimate_prefill_s(self, new_tokens: float, reused_tokens: float) -> float:
@@ -93,6 +100,9 @@ class GangScheduler(SchedulerCore):
         if launch.lane == DECODE and self._decode_plan is not None:
             self._refine_guard(now)
         super().on_launch_done(launch, now)
+        if launch.prefill_completes:
+            for chunk in launch.prefill:
+                self._prefill_est.pop(chunk.request_id, None)
         if launch.lane == PREFILL and launch.prefill_completes and self.job is None and self.suspended is not None:
             self.job, self.suspended = self.suspended, None  # resume the preempted long prefill
 
@@ -107,28 +117,78 @@ class GangScheduler(SchedulerCore):
             return (self.opts.prefill_tokens, 0) if self.waiting or self.late else (0, 0)
         return job.num_tokens, sum(c.start_len for c in job.chunks)
 
-    def choose_decode_sms(self, batch_size: int, kv_len: int, prefill_busy_sms: int) -> int:
-        """Fewest decode SMs meeting the TBT target; whole GPU when no prefill is pending."""
+    def choose_decode_sms(self, batch_size: int, kv_len: int, prefill_busy_sms: int, now: float = 0.0) -> int:
+        """Decode SMs for the next step: at least the fewest meeting the TBT target (the paper's rule),
+        and beyond the paper, as many more as the prefill queue can spare while still meeting its TTFT
+        deadlines with margin (faster decode steps leave TBT headroom and free KV sooner).
+        Whole GPU when no prefill is pending."""
         if not self._prefill_pending() and prefill_busy_sms == 0:
             return self.config.num_sms
         if not self.opts.adaptive_partition:
             return self._static_decode_sms
         pn, pr = self._job_tokens()
-        target = self.slo.tbt_s * self.opts.tbt_margin
-        sizes = [p.decode_sms for p in self.menu.splits]
-        chosen = next((d for d in sizes if self.est.decode_guarded_s(batch_size, kv_len, d, pn, pr) <= target), None)
-        if chosen is None:
+        fewest = self._fewest_decode_sms(batch_size, kv_len, pn, pr)
+        if fewest is None:
             self.counters["tbt_unmeetable"] += 1
-            chosen = sizes[-1]
+            fewest = self._split_sizes[-1]
+        prefill_needed = self._prefill_sms_needed(now) if self.opts.ttft_aware_split else self.menu.usable_sms
+        spare = [d for d in self._split_sizes if d >= fewest and self.menu.usable_sms - d >= prefill_needed]
+        if spare:
+            chosen = max(spare)
+        else:
+            chosen = fewest
+            if self.opts.keep == "ttft":
+                fits = [d for d in self._split_sizes if self.menu.usable_sms - d >= prefill_needed]
+                chosen = max(fits) if fits else self._split_sizes[0]
+                self.counters["tbt_given_up"] += chosen < fewest
+            else:
+                self.counters["ttft_given_up"] += 1
         free = self.config.num_sms - prefill_busy_sms
         if chosen > free:
             self.counters["decode_squeezed"] += 1
             chosen = self.menu.largest_decode_within(free) or free
         return chosen
 
-    def _launch_decode(self, batch: list[RequestState], prefill_busy_sms: int, now: float) -> Launch:
-        kv_len = sum(s.context_len for s in batch)
-        sms = self.choose_decode_sms(len(batch), kv_len, prefill_busy_sms)
+    def _prefill_sms_needed(self, now: float) -> int:
+        """Prefill SMs that finish the queued prefills (in slack order) by their TTFT deadlines with margin,
+        assuming prefill speed scales with SMs (it is compute-bound). Requests that already missed their
+        deadline do not count: nothing can save them."""
+        work_s, need = 0.0, 0.0
+        queue = ([self.job] if self.job else []) + ([self.suspended] if self.suspended else [])
+        for job in queue:
+            work_s += job.est_s * (1 - job.layers_done / self.config.num_layers)
+            need = max(need, work_s / max(min(self._deadline(s) for s in job.states) - now, 1e-3))
+        idle = (s for s in self.prefilling if not s.in_flight)
+        for state in itertools.chain(idle, itertools.islice(self.waiting, self.NEED_SCAN)):
+            deadline = self._deadline(state)
+            if deadline <= now:
+                continue
+            work_s += self._solo_prefill_s(state)
+            need = max(need, work_s / (deadline - now))
+        return min(self.menu.usable_sms, math.ceil(need * self.opts.ttft_safety * self.config.num_sms))
+
+    def _solo_prefill_s(self, state: RequestState) -> float:
+        """Whole-GPU prefill estimate of a request's remaining prompt, cached per request and length."""
+        n = max(state.remaining_prefill, 1)
+        cached = self._prefill_est.get(state.id)
+        if cached is None or cached[0] != n:
+            cached = self._prefill_est[state.id] = (n, self.est.prefill_s([n], [state.prefilled_len], self.config.num_sms))
+        return cached[1]
+
+    def _fewest_decode_sms(self, batch_size: int, kv_len: int, pn: int, pr: int) -> int | None:
+        # memoised on the guard's grid cell and 1K of KV: the answer changes only across those steps
+        key = (batch_size, kv_len >> 10, pn, pr)
+        if key not in self._split_memo:
+            if len(self._split_memo) > 65536:
+                self._split_memo.clear()
+            target = self.slo.tbt_s * self.opts.tbt_margin
+            self._split_memo[key] = next((d for d in self._split_sizes
+                                          if self.est.decode_guarded_s(batch_size, kv_len, d, pn, pr) <= target), None)
+        return self._split_memo[key]
+
+    def _launch_decode(self, batch: tuple[int, ...], prefill_busy_sms: int, now: float) -> Launch:
+        kv_len = self.decode_kv_len
+        sms = self.choose_decode_sms(len(batch), kv_len, prefill_busy_sms, now)
         pn, pr = self._job_tokens() if prefill_busy_sms or self._prefill_pending() else (0, 0)
         self._decode_plan = (now, self.est.decode_s(len(batch), kv_len, sms), pn, pr, sms)
         return self.decode_launch(batch, sms)
@@ -138,22 +198,27 @@ class GangScheduler(SchedulerCore):
         self._decode_plan = None
         if pn > 0 and solo_s > 0:
             batch = len(self.decoding) or 1
-            kv = sum(s.context_len for s in self.decoding) // batch
+            kv = self.decode_kv_len // batch
             cell = self.est.decode_guard.cell(sms, pn, pr, batch, kv)
+            before = self.est.decode_guard.factors.get(cell)
             self.est.decode_guard.observe(cell, (now - start) / solo_s)
+            if self.est.decode_guard.factors.get(cell) != before:
+                self._split_memo.clear()
 
     # ---- prefill ----------------------------------------------------------------------------------
     def _launch_prefill(self, now: float, decode: Launch | None) -> Launch | None:
+        sms = self.config.num_sms
+        if decode is not None:  # the SMs decode leaves, in whole groups
+            sms = (self.config.num_sms - decode.num_sms) // self.opts.granularity * self.opts.granularity
+            if sms <= 0:
+                # NOTE: build no job that cannot launch now: its idle admitted requests could be picked as
+                # KV-preemption victims before it runs, and it would then launch chunks with freed KV
+                return None
         if self.opts.preemption and self.job is not None and self.job.layers_done > 0 and self.suspended is None:
             self._maybe_preempt(now, decode)
         if self.job is None:
             self.job = self._new_job(now)
             if self.job is None:
-                return None
-        sms = self.config.num_sms
-        if decode is not None:  # the SMs decode leaves, in whole groups
-            sms = (self.config.num_sms - decode.num_sms) // self.opts.granularity * self.opts.granularity
-            if sms <= 0:
                 return None
         layers = self._layers_to_launch(sms, decode)
         start, end = self.job.layers_done, self.job.layers_done + layers
@@ -186,7 +251,12 @@ class GangScheduler(SchedulerCore):
         chunks = self.prefill_chunks(idle, self.opts.prefill_tokens)
         if not chunks:
             return None
-        return PrefillJob(tuple(chunks), [self.states[c.request_id] for c in chunks])
+        return self._job(chunks)
+
+    def _job(self, chunks) -> PrefillJob:
+        job = PrefillJob(tuple(chunks), [self.states[c.request_id] for c in chunks])
+        job.est_s = self.est.prefill_s([c.num_new for c in chunks], [c.start_len for c in chunks], self.config.num_sms)
+        return job
 
     def _admit_by_slack(self, now: float, max_requests: int) -> None:
         """Admit in TTFT-deadline order; requests that already missed their TTFT wait in `late` and go
@@ -209,7 +279,8 @@ class GangScheduler(SchedulerCore):
     def _maybe_preempt(self, now: float, decode: Launch | None) -> None:
         """Let one short waiting prefill jump ahead of the running long one at this layer boundary."""
         job = self.job
-        sms = self.config.num_sms - (decode.num_sms if decode else 0)
+        # the prefill partition in whole SM groups, as _launch_prefill sizes it (more SMs would be optimistic)
+        sms = (self.config.num_sms - (decode.num_sms if decode else 0)) // self.opts.granularity * self.opts.granularity
         left_frac = 1 - job.layers_done / self.config.num_layers
         job_left_s = left_frac * self.est.prefill_s([c.num_new for c in job.chunks], [c.start_len for c in job.chunks], sms)
         job_deadline = min(self._deadline(s) for s in job.states)
@@ -226,7 +297,7 @@ class GangScheduler(SchedulerCore):
                 self.waiting.remove(state)
                 self.suspended, self.job = job, None
                 chunks = self.prefill_chunks([state], state.remaining_prefill)
-                self.job = PrefillJob(tuple(chunks), [state])
+                self.job = self._job(chunks)
                 self.counters["prefill_preemptions"] += 1
                 return
 

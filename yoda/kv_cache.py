@@ -79,6 +79,7 @@ class KVCache:
         return n
 
     def can_allocate(self, num_tokens: int, chain: Sequence[int] = ()) -> bool:
+        chain = chain[: num_tokens // self.block_size]  # only full blocks may be shared (decode writes the last)
         hit = self.match_prefix(chain)
         need = self.blocks_for(num_tokens) - hit
         # matched blocks that sit in the LRU stop being evictable once we take them
@@ -106,6 +107,7 @@ class KVCache:
         """
         if seq_id in self._tables:
             raise ValueError(f"sequence {seq_id} already holds blocks")
+        chain = chain[: num_tokens // self.block_size]  # only full blocks may be shared (decode writes the last)
         if not self.fits_empty(num_tokens):
             raise KVCacheFullError(
                 f"sequence {seq_id} needs {self.blocks_for(num_tokens)} blocks of {self.block_size} tokens "
@@ -122,7 +124,7 @@ class KVCache:
             table.append(self._pop_free())
         self._tables[seq_id] = table
         self._num_tokens[seq_id] = num_tokens
-        self._chains[seq_id] = list(chain[: self.blocks_for(num_tokens)])
+        self._chains[seq_id] = list(chain)
         self._num_committed[seq_id] = hit
         reused = min(hit * self.block_size, num_tokens)
         self.num_hit_tokens += reused

@@ -5,6 +5,7 @@ Policies subclass `SchedulerCore` and implement only `schedule(now, busy)`; noth
 """
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -40,9 +41,20 @@ class RequestState:
     order: int  # admission order tie-breaker (FCFS)
     prefilled_len: int = 0  # prompt tokens whose KV is computed
     target_len: int = 0  # tokens to prefill: the prompt, plus generated tokens after a preemption
-    num_generated: int = 0
     admitted: bool = False
-    in_flight: bool = False
+    in_flight: bool = False  # part of a running prefill launch (decode membership is tracked by the batch)
+    # While decoding, tokens come from the scheduler's decode steps: one per step since `join_step`.
+    # Deriving them from a shared step counter keeps a decode step O(1) instead of O(batch).
+    generated_base: int = 0
+    join_step: int = 0
+    step_clock: list[int] | None = None  # the scheduler's [num_decode_steps] while decoding
+    epoch: int = 0  # bumped when the request leaves the decode batch (invalidates heap entries)
+
+    @property
+    def num_generated(self) -> int:
+        if self.step_clock is None:
+            return self.generated_base
+        return self.generated_base + self.step_clock[0] - self.join_step
 
     @property
     def id(self) -> int:
@@ -65,6 +77,7 @@ class PrefillJob:
     chunks: tuple[PrefillChunk, ...]
     states: list[RequestState]
     layers_done: int = 0
+    est_s: float = 0.0  # predicted whole-GPU time of all layers (set by policies that plan with it)
     num_tokens: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +99,15 @@ class SchedulerCore:
         self.records: list[RequestRecord] = []
         self._order = 0
         self.num_steps = 0
+        # decode batch bookkeeping (see RequestState.num_generated)
+        self.step_clock = [0]  # decode steps completed
+        self.step_times: list[float] = []  # completion time of each decode step
+        self._finish_heap: list[tuple[int, int, int, RequestState]] = []  # (step, order, epoch, state)
+        self._grow_heap: list[tuple[int, int, int, RequestState]] = []  # (step needing a new block, ...)
+        self._kv_base = 0  # sum over the batch of (context at join - join_step)
+        self._batch_ids: tuple[int, ...] = ()
+        self._batch_dirty = False
+        self.decode_in_flight = False
 
     # ---- events ---------------------------------------------------------------------------------
     def on_arrival(self, request: Request, now: float) -> None:
@@ -103,10 +125,8 @@ class SchedulerCore:
 
     def on_launch_done(self, launch: Launch, now: float) -> None:
         self.num_steps += 1
-        for rid in launch.decode_ids:
-            state = self.states[rid]
-            state.in_flight = False
-            self._emit_token(state, now)
+        if launch.decode_ids:
+            self._decode_step_done(now)
         if launch.prefill:
             self._advance_prefill(launch, now)
 
@@ -118,10 +138,21 @@ class SchedulerCore:
 
     # ---- token and prefill accounting -----------------------------------------------------------------
     def _emit_token(self, state: RequestState, now: float) -> None:
-        state.num_generated += 1
+        """A token from a prefill (the first one, or the next one after a recompute)."""
+        state.generated_base += 1
         state.record.token_at.append(now)
         if state.num_generated >= state.request.output_len:
             self._finish(state, now)
+
+    def _decode_step_done(self, now: float) -> None:
+        self.decode_in_flight = False
+        self.step_clock[0] += 1
+        self.step_times.append(now)
+        step, heap = self.step_clock[0], self._finish_heap
+        while heap and heap[0][0] <= step:
+            _, _, epoch, state = heapq.heappop(heap)
+            if epoch == state.epoch and state.step_clock is not None:
+                self._finish(state, now)
 
     def _advance_prefill(self, launch: Launch, now: float) -> None:
         if not launch.prefill_completes:
@@ -139,18 +170,21 @@ class SchedulerCore:
                 self.ready.append(state)
 
     def _finish(self, state: RequestState, now: float) -> None:
+        if state.step_clock is not None:
+            self._leave_decode(state)
         state.record.finished_at = now
         if state.admitted:
             self.kv.free(state.id)
-        for queue in (self.decoding, self.ready):
-            if state in queue:
-                queue.remove(state)
+        if state in self.ready:
+            self.ready.remove(state)
         del self.states[state.id]
 
     # ---- admission --------------------------------------------------------------------------------
     def try_admit(self, state: RequestState, now: float) -> bool:
         """Allocate KV for the prompt (reusing the cached prefix). False if it does not fit now."""
-        keep_free = int(self.config.watermark * self.config.kv_blocks)
+        # the watermark keeps room for decode growth; an empty cache has nothing to protect (and a request
+        # that needs nearly all of it would otherwise never be admitted)
+        keep_free = int(self.config.watermark * self.config.kv_blocks) if self.kv.num_used_blocks else 0
         need = self.kv.blocks_for(state.target_len)
         if need + keep_free > self.kv.num_free_blocks + self.kv.match_prefix(state.chain):
             return False
@@ -194,20 +228,57 @@ class SchedulerCore:
 
     # ---- decode -----------------------------------------------------------------------------------
     def merge_ready(self) -> None:
-        self.decoding.extend(self.ready)
-        self.ready.clear()
+        """Move finished prefills into the decode batch (between decode steps), up to max_batch."""
+        room = self.config.max_batch - len(self.decoding)
+        joining, self.ready[:] = self.ready[:room], self.ready[room:]
+        for state in joining:
+            self._join_decode(state)
 
-    def decode_batch(self, now: float) -> list[RequestState]:
-        """Requests for the next decode step, after growing their KV (preempting the newest on shortage)."""
+    def _join_decode(self, state: RequestState) -> None:
+        step = self.step_clock[0]
+        state.join_step, state.step_clock = step, self.step_clock
+        self.decoding.append(state)
+        self._kv_base += state.context_len - step
+        self._batch_dirty = True
+        order, epoch = state.order, state.epoch
+        heapq.heappush(self._finish_heap, (step + state.request.output_len - state.generated_base, order, epoch, state))
+        self._push_growth(state)
+
+    def _push_growth(self, state: RequestState) -> None:
+        room = len(self.kv.block_table(state.id)) * self.config.block_size - state.context_len
+        heapq.heappush(self._grow_heap, (self.step_clock[0] + room + 1, state.order, state.epoch, state))
+
+    def _leave_decode(self, state: RequestState) -> None:
+        """Materialise the request's decode-step token times and take it out of the batch."""
+        step = self.step_clock[0]
+        state.record.token_at.extend(self.step_times[state.join_step:step])
+        self._kv_base -= state.context_len - step
+        state.generated_base = state.num_generated
+        state.step_clock = None
+        state.epoch += 1
+        self.decoding.remove(state)
+        self._batch_dirty = True
+
+    @property
+    def decode_kv_len(self) -> int:
+        """KV tokens the next decode step attends to, summed over the batch."""
+        return self._kv_base + len(self.decoding) * self.step_clock[0]
+
+    def decode_batch(self, now: float) -> tuple[int, ...]:
+        """Ids of the next decode step (every decoding request), after growing KV where the step crosses
+        a block boundary (preempting the newest request on shortage)."""
         self.merge_ready()
-        batch = [s for s in self.decoding if not s.in_flight][: self.config.max_batch]
-        kept = []
-        for state in batch:
-            if state.id not in self.states or state.in_flight:
-                continue  # preempted while making room for an earlier one
+        step, heap = self.step_clock[0], self._grow_heap
+        while heap and heap[0][0] <= step:
+            _, _, epoch, state = heapq.heappop(heap)
+            if epoch != state.epoch or state.step_clock is None or state.id not in self.states:
+                continue
             if self._grow(state):
-                kept.append(state)
-        return [s for s in kept if s.id in self.states and s.admitted]
+                self._push_growth(state)
+        if self._batch_dirty:
+            self._batch_ids = tuple(s.id for s in self.decoding)
+            self._batch_dirty = False
+        return self._batch_ids
 
     def _grow(self, state: RequestState) -> bool:
         if self.kv.has_room(state.id, state.context_len):
@@ -222,15 +293,18 @@ class SchedulerCore:
         return True
 
     def _pick_victim(self, exclude: RequestState) -> RequestState | None:
-        idle = [s for s in self.prefilling + self.decoding if not s.in_flight and s is not exclude and s.admitted]
+        candidates = self.prefilling + ([] if self.decode_in_flight else self.decoding)
+        idle = [s for s in candidates if not s.in_flight and s is not exclude and s.admitted]
         return max(idle, key=lambda s: s.order, default=None)
 
     def preempt(self, state: RequestState) -> None:
         """Free a request's KV and requeue it to recompute prompt + generated tokens (vLLM recompute)."""
+        if state.step_clock is not None:
+            self._leave_decode(state)
         self.kv.free(state.id)
         state.admitted = False
         state.record.num_preemptions += 1
-        for queue in (self.decoding, self.ready, self.prefilling):
+        for queue in (self.ready, self.prefilling):
             if state in queue:
                 queue.remove(state)
         # the recompute prefill covers the tokens generated so far and emits the next one
@@ -238,21 +312,24 @@ class SchedulerCore:
         state.prefilled_len = 0
         self.waiting.appendleft(state)
 
-    def decode_launch(self, batch: Sequence[RequestState], num_sms: int, lane: str = DECODE) -> Launch:
-        for s in batch:
-            s.in_flight = True
-        return Launch(lane, num_sms, decode_ids=tuple(s.id for s in batch),
-                      decode_kv_len=sum(s.context_len for s in batch), num_layers=self.config.num_layers)
+    def _claim_batch(self, batch: tuple[int, ...]) -> int:
+        """Mark the decode batch running; it must be the whole batch from `decode_batch`."""
+        if batch:
+            assert batch is self._batch_ids and not self._batch_dirty, "decode launches carry the whole batch"
+            self.decode_in_flight = True
+        return self.decode_kv_len if batch else 0
+
+    def decode_launch(self, batch: tuple[int, ...], num_sms: int, lane: str = DECODE) -> Launch:
+        kv_len = self._claim_batch(batch)
+        return Launch(lane, num_sms, decode_ids=batch, decode_kv_len=kv_len, num_layers=self.config.num_layers)
 
     def prefill_launch(self, chunks: Sequence[PrefillChunk], num_sms: int, lane: str, layer_start: int = 0,
-                       layer_end: int | None = None, batch: Sequence[RequestState] = ()) -> Launch:
+                       layer_end: int | None = None, batch: tuple[int, ...] = ()) -> Launch:
         for c in chunks:
             self.states[c.request_id].in_flight = True
-        for s in batch:
-            s.in_flight = True
+        kv_len = self._claim_batch(batch)
         n = self.config.num_layers
-        return Launch(lane, num_sms, decode_ids=tuple(s.id for s in batch),
-                      decode_kv_len=sum(s.context_len for s in batch), prefill=tuple(chunks),
+        return Launch(lane, num_sms, decode_ids=batch, decode_kv_len=kv_len, prefill=tuple(chunks),
                       layer_start=layer_start, layer_end=n if layer_end is None else layer_end, num_layers=n)
 
     def check_invariants(self) -> None:
@@ -263,3 +340,8 @@ class SchedulerCore:
         assert set(queued) == live, "a live request is in no queue"
         for s in self.states.values():
             assert s.admitted == (s.id in self.kv)
+            assert (s.step_clock is not None) == (s in self.decoding)
+            if s.step_clock is not None:  # the last step's token is written by the next step
+                assert self.kv.has_room(s.id, s.context_len - 1)
+        assert self.decode_kv_len == sum(s.context_len for s in self.decoding)
+        assert len(self.decoding) <= self.config.max_batch

@@ -29,9 +29,31 @@ def use_triton(request) -> bool:
     return request.param
 
 
+class Checkpoint:
+    """A tiny transformers model saved as config.json + safetensors, and helpers to compare against it."""
+
+    def __init__(self, hf, path) -> None:
+        self.hf, self.path = hf, path
+
+    def ours(self, use_triton: bool, device: str = "cpu") -> DecoderModel:
+        """Our model from the files transformers wrote (exercises load_config(path) and load_weights)."""
+        return build_model(str(self.path), device=device, dtype=torch.float32, weights=self.path,
+                           use_triton=use_triton)
+
+    def logits(self, token_ids: list[int]) -> torch.Tensor:
+        """[T, vocab] logits of a full forward over `token_ids`."""
+        with torch.no_grad():
+            return self.hf(torch.tensor([token_ids])).logits[0].float()
+
+    def greedy(self, prompt: list[int], num_new: int) -> list[int]:
+        with torch.no_grad():
+            out = self.hf.generate(torch.tensor([prompt]), max_new_tokens=num_new, do_sample=False)
+        return out[0, len(prompt):].tolist()
+
+
 @pytest.fixture(scope="session", params=["llama", "qwen2"])
-def hf_checkpoint(request, tmp_path_factory):
-    """(transformers model, checkpoint dir): tiny, fp32, every weight randomised (norms and biases too)."""
+def hf_checkpoint(request, tmp_path_factory) -> Checkpoint:
+    """Tiny, fp32, every weight randomised (norms and biases too)."""
     torch.manual_seed(0)
     cls = LlamaForCausalLM if request.param == "llama" else Qwen2ForCausalLM
     hf = cls(tiny_hf_config(request.param)).eval()
@@ -42,21 +64,4 @@ def hf_checkpoint(request, tmp_path_factory):
     hf.generation_config.pad_token_id = 0
     path = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(path)
-    return hf, path
-
-
-def load_ours(path, use_triton: bool) -> DecoderModel:
-    """Our model from the config.json + safetensors that transformers wrote."""
-    return build_model(str(path), device="cpu", dtype=torch.float32, weights=path, use_triton=use_triton)
-
-
-def hf_logits(hf, token_ids: list[int]) -> torch.Tensor:
-    """[T, vocab] logits of a full forward over `token_ids`."""
-    with torch.no_grad():
-        return hf(torch.tensor([token_ids])).logits[0].float()
-
-
-def hf_greedy(hf, prompt: list[int], num_new: int) -> list[int]:
-    with torch.no_grad():
-        out = hf.generate(torch.tensor([prompt]), max_new_tokens=num_new, do_sample=False)
-    return out[0, len(prompt):].tolist()
+    return Checkpoint(hf, path)

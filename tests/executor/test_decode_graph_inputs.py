@@ -23,6 +23,8 @@ def test_fill_pads_to_bucket_with_scratch_rows():
     assert graphs.slot_mapping.tolist() == [5, 8, 24, 40]  # row 3 writes the scratch block (10)
     assert graphs.seq_lens.tolist() == [6, 1, 13, 1]
     assert graphs.block_tables.tolist() == [[3, 1, 10, 10], [2, 10, 10, 10], [0, 4, 5, 6], [10, 10, 10, 10]]
+    assert graphs.fill([5], [SeqSlice(2, 1, [8])]) == 1  # smaller batch: row 0 rewritten where it is read
+    assert graphs.block_tables[0, 0] == 8 and graphs.seq_lens[0] == 3 and graphs.slot_mapping[0] == 34
     with pytest.raises(ValueError, match="beyond captured context"):
         graphs.fill([1], [SeqSlice(16, 1, [0, 1, 2, 3, 4])])
     with pytest.raises(ValueError, match="Triton"):

@@ -1,7 +1,6 @@
 """Drive the Engine with hand-made Launches (as a scheduler would) and check its tokens against transformers."""
 import pytest
 import torch
-from conftest import hf_greedy, load_ours
 
 from executor.engine import Engine
 from executor.kv_pool import KVPool
@@ -42,9 +41,17 @@ def _prefill(ids_and_chunks, layer_start, layer_end, decode_ids=(), lane=PREFILL
                   num_layers=NUM_LAYERS)
 
 
-def test_layer_groups_then_decode_match_greedy(hf_checkpoint, use_triton):
-    hf, path = hf_checkpoint
-    engine, cache = _engine(load_ours(path, use_triton))
+def test_layer_groups_then_decode_match_greedy(hf_checkpoint):
+    _check_layer_groups_then_decode(hf_checkpoint, use_triton=False)
+
+
+@pytest.mark.parametrize("hf_checkpoint", ["llama"], indirect=True)
+def test_layer_groups_then_decode_match_greedy_triton(hf_checkpoint):
+    _check_layer_groups_then_decode(hf_checkpoint, use_triton=True)
+
+
+def _check_layer_groups_then_decode(ckpt, use_triton: bool) -> None:
+    engine, cache = _engine(ckpt.ours(use_triton))
     prompts = {0: _prompt(11, 1), 1: _prompt(6, 2)}
     for rid, p in prompts.items():
         engine.add_request(rid, p)
@@ -56,12 +63,12 @@ def test_layer_groups_then_decode_match_greedy(hf_checkpoint, use_triton):
     for _ in range(4):
         _decode(engine, cache, (0, 1))
     for rid, p in prompts.items():
-        assert engine.output_tokens(rid) == hf_greedy(hf, p, 5)
+        assert engine.output_tokens(rid) == ckpt.greedy(p, 5)
 
 
 def test_chunked_prefill_mixed_with_decode(hf_checkpoint):
-    hf, path = hf_checkpoint
-    engine, cache = _engine(load_ours(path, use_triton=False))
+    ckpt = hf_checkpoint
+    engine, cache = _engine(ckpt.ours(use_triton=False))
     a, b = _prompt(7, 3), _prompt(13, 4)
     for rid, p in ((0, a), (1, b)):
         engine.add_request(rid, p)
@@ -77,13 +84,13 @@ def test_chunked_prefill_mixed_with_decode(hf_checkpoint):
     _finish(engine, _prefill([(1, 5, 8)], 0, 1, decode_ids=(0,), lane=DECODE))
     _finish(engine, _prefill([(1, 5, 8)], 1, NUM_LAYERS))
     _decode(engine, cache, (0, 1))
-    assert engine.output_tokens(0) == hf_greedy(hf, a, 4)
-    assert engine.output_tokens(1) == hf_greedy(hf, b, 2)
+    assert engine.output_tokens(0) == ckpt.greedy(a, 4)
+    assert engine.output_tokens(1) == ckpt.greedy(b, 2)
 
 
 def test_prefix_reuse_gives_same_tokens(hf_checkpoint):
-    hf, path = hf_checkpoint
-    engine, cache = _engine(load_ours(path, use_triton=False))
+    ckpt = hf_checkpoint
+    engine, cache = _engine(ckpt.ours(use_triton=False))
     shared = _prompt(8, 5)
     a, b = shared + _prompt(3, 6), shared + _prompt(5, 7)
     engine.add_request(0, a)
@@ -94,7 +101,7 @@ def test_prefix_reuse_gives_same_tokens(hf_checkpoint):
     assert cache.allocate(1, len(b), chain_keys([11, 22, 33])).num_reused_blocks == 2
     _finish(engine, _prefill([(1, 8, len(b) - 8)], 0, NUM_LAYERS))  # only the new tokens are computed
     _decode(engine, cache, (1,))
-    assert engine.output_tokens(1) == hf_greedy(hf, b, 2)
+    assert engine.output_tokens(1) == ckpt.greedy(b, 2)
 
 
 def test_temperature_sampling_is_seeded():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from executor.partitions import PartitionManager, PartitionPair, default_menu, menu_from_sms
+from executor.partitions import PartitionManager, PartitionPair, default_menu, menu_from_sms, partition_resources
 from yoda.backend import DECODE, PREFILL
 
 
@@ -37,6 +37,16 @@ def test_any_prefill_and_decode_partition_that_fit_are_disjoint():
             assert not fits or not prefill & decode
 
 
+def test_partition_resources_are_shared_contexts_with_disjoint_groups():
+    groups, leftover = [f"g{i}" for i in range(16)], ["rem"]
+    pairs = menu_from_sms([(112, 20), (96, 36), (64, 68)], 16, 8, 4)
+    plan = {(lane, sms): res for lane, sms, res in partition_resources(pairs, groups, leftover)}
+    assert sorted(plan) == [(DECODE, 20), (DECODE, 36), (DECODE, 68), (PREFILL, 64), (PREFILL, 96), (PREFILL, 112)]
+    assert plan[(PREFILL, 112)] == groups[:14] and plan[(DECODE, 20)] == ["g14", "g15", "rem"]
+    assert not set(plan[(PREFILL, 96)]) & set(plan[(DECODE, 20)])  # (96, 20) also fits: disjoint too
+    assert set(plan[(PREFILL, 112)]) & set(plan[(DECODE, 36)])  # (112, 36) does not fit 132 SMs
+
+
 def test_cpu_is_one_lane_without_streams():
     manager = PartitionManager.create("cpu")
     assert not manager.is_partitioned and "cpu" in manager.reason
@@ -46,6 +56,7 @@ def test_cpu_is_one_lane_without_streams():
         manager.stream_for("both", 1)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="green contexts need a GPU")
 def test_green_partitions_realise_planned_sms():
     manager = PartitionManager.create("cuda")

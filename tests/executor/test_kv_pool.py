@@ -8,7 +8,8 @@ from executor.kv_pool import KVPool, slot_mapping
 
 
 def test_slot_mapping_follows_block_table():
-    assert slot_mapping([5, 2, 9], 3, 9, 4) == [23, 8, 9, 10, 11, 36]
+    assert slot_mapping([5, 2, 9], 3, 9, 4).tolist() == [23, 8, 9, 10, 11, 36]
+    assert slot_mapping([5, 2, 9], 8, 8, 4).tolist() == []
     with pytest.raises(ValueError, match="cannot hold"):
         slot_mapping([5, 2], 3, 9, 4)
 

@@ -1,0 +1,279 @@
+"""Baseline schedulers (and PD disaggregation) driven directly by a tiny fake backend loop, and through
+the simulator with small KV caches. Invariants are checked after every step."""
+import heapq
+import random
+from dataclasses import dataclass, field
+
+import pytest
+import simpy
+
+from sim.run import SimConfig, build, simulate
+from yoda.backend import DECODE, PREFILL, Launch
+from yoda.baselines import ChunkedPrefill, PrefillFirst, StaticSplit, TemporalSplit
+from yoda.request import SLO, Request
+from yoda.scheduler import REJECT_TOO_LONG, SchedulerConfig
+
+NUM_SMS, NUM_LAYERS = 132, 8
+
+
+def duration_s(launch: Launch) -> float:
+    """Deterministic toy latencies: decode is memory-bound, prefill scales with tokens and SMs."""
+    decode = 0.004 + 2e-8 * launch.decode_kv_len + 2e-5 * len(launch.decode_ids) if launch.decode_ids else 0.0
+    frac = (launch.layer_end - launch.layer_start) / launch.num_layers if launch.prefill else 0.0
+    prefill = (0.002 + 5e-5 * launch.num_prefill_tokens) * NUM_SMS / launch.num_sms * frac
+    return decode + prefill
+
+
+@dataclass
+class Trace:
+    launches: list[tuple[float, float, Launch]] = field(default_factory=list)  # (start, end, launch)
+    decoding_at_start: list[int] = field(default_factory=list)  # requests in the decode batch at each launch
+
+
+def drive(sched, requests, check: bool = True, max_events: int = 200_000) -> Trace:
+    """Event loop: deliver arrivals and completions in time order, ask for a plan once per instant."""
+    arrivals = sorted(requests, key=lambda r: (r.arrival_at, r.request_id))
+    running: dict[str, tuple[float, Launch]] = {}
+    trace, i, now = Trace(), 0, 0.0
+    for _ in range(max_events):
+        ends = [end for end, _ in running.values()]
+        nxt = min([*ends, arrivals[i].arrival_at if i < len(arrivals) else float("inf")])
+        if nxt == float("inf"):
+            break
+        now = nxt
+        for lane in sorted(running):
+            end, launch = running[lane]
+            if end == now:
+                del running[lane]
+                sched.on_launch_done(launch, now)
+                if check:
+                    sched.check_invariants()
+        while i < len(arrivals) and arrivals[i].arrival_at == now:
+            sched.on_arrival(arrivals[i], now)
+            i += 1
+        busy = {lane: launch for lane, (_, launch) in running.items()}
+        num_decoding = len(sched.decoding) + len(sched.ready)
+        for launch in sched.schedule(now, busy):
+            assert launch.lane not in running, f"launch on busy lane {launch.lane}"
+            running[launch.lane] = (now + duration_s(launch), launch)
+            trace.launches.append((now, now + duration_s(launch), launch))
+            trace.decoding_at_start.append(num_decoding)
+        assert sum(l.num_sms for _, l in running.values()) <= NUM_SMS
+        if check:
+            sched.check_invariants()
+    else:
+        raise AssertionError("event budget exhausted")
+    assert not running
+    return trace
+
+
+def assert_all_served(sched, requests) -> None:
+    assert not sched.has_work(), f"requests left: {sorted(sched.states)}"
+    recs = {r.request_id: r for r in sched.records}
+    assert sorted(recs) == sorted(r.request_id for r in requests)
+    for req in requests:
+        rec = recs[req.request_id]
+        if rec.rejected_reason is not None:
+            assert rec.finished_at is not None and not rec.token_at
+            continue
+        assert rec.finished, f"request {req.request_id} neither finished nor rejected"
+        assert len(rec.token_at) == req.output_len, (req.request_id, len(rec.token_at), req.output_len)
+        assert rec.token_at[0] > req.arrival_at
+        assert all(a <= b for a, b in zip(rec.token_at, rec.token_at[1:]))
+        assert rec.finished_at == rec.token_at[-1]
+
+
+def workload(n: int = 40, seed: int = 0, rate: float = 20.0, max_prompt: int = 900, max_output: int = 60):
+    """Requests with shared 16-token-block prefixes (4 system prompts) at Poisson times."""
+    rng = random.Random(seed)
+    systems = [tuple(range(1000 * k, 1000 * k + rng.randint(2, 12))) for k in range(4)]
+    at, out = 0.0, []
+    for i in range(n):
+        at += rng.expovariate(rate)
+        prompt_len = rng.randint(20, max_prompt)
+        system = rng.choice(systems)
+        hashes = (system + tuple(range(10**6 + 100 * i, 10**6 + 100 * i + 100)))[: -(-prompt_len // 16)]
+        out.append(Request(i, at, prompt_len, rng.randint(1, max_output), block_hashes=hashes, hash_block_size=16))
+    return out
+
+
+def config(kv_blocks: int = 4096, **kw) -> SchedulerConfig:
+    return SchedulerConfig(num_sms=NUM_SMS, num_layers=NUM_LAYERS, kv_blocks=kv_blocks, block_size=16, **kw)
+
+
+POLICIES = {
+    "chunked": lambda cfg: ChunkedPrefill(cfg, SLO(), token_budget=256),
+    "prefill_first": lambda cfg: PrefillFirst(cfg, SLO()),
+    "static_split": lambda cfg: StaticSplit(cfg, SLO(), decode_sms=48, chunk_tokens=512),
+    "temporal": lambda cfg: TemporalSplit(cfg, SLO(), layers_per_group=3),
+}
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_every_request_is_served(policy):
+    sched = POLICIES[policy](config(max_batch=8))
+    requests = workload()
+    drive(sched, requests)
+    assert_all_served(sched, requests)
+    assert sum(r.reused_len for r in sched.records) > 0  # the shared system prompts were reused
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_preemption_under_kv_pressure_still_serves_everything(policy):
+    # 40 blocks of 16 tokens: a few requests' prompts + outputs fill it, decode growth must preempt
+    sched = POLICIES[policy](config(kv_blocks=40))
+    requests = workload(n=24, seed=3, rate=200.0, max_prompt=250, max_output=200)
+    drive(sched, requests)
+    assert_all_served(sched, requests)
+    assert sum(r.num_preemptions for r in sched.records) > 0
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_too_long_requests_are_rejected_with_a_reason(policy):
+    sched = POLICIES[policy](config(kv_blocks=20))  # 320 tokens
+    requests = [Request(0, 0.0, 300, 21), Request(1, 0.01, 100, 10), Request(2, 0.02, 300, 20)]
+    drive(sched, requests)
+    assert_all_served(sched, requests)
+    by_id = {r.request_id: r for r in sched.records}
+    assert by_id[0].rejected_reason == REJECT_TOO_LONG and by_id[0].finished_at == 0.0
+    assert by_id[1].finished and by_id[2].finished  # 320 tokens fill the cache exactly
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_request_that_needs_the_whole_cache_is_served(policy):
+    # 1590 + 5 tokens need all 100 blocks; the 1% admission watermark must not keep it out of an empty cache
+    sched = POLICIES[policy](config(kv_blocks=100))
+    requests = [Request(0, 0.0, 1590, 5)]
+    drive(sched, requests)
+    assert_all_served(sched, requests)
+
+
+@pytest.mark.parametrize("budget", [64, 256, 1000])
+def test_chunked_prefill_never_exceeds_its_token_budget(budget):
+    sched = ChunkedPrefill(config(max_batch=32), SLO(), token_budget=budget)
+    requests = workload(n=30, seed=1, rate=50.0)
+    trace = drive(sched, requests)
+    assert_all_served(sched, requests)
+    mixed = 0
+    for _, _, launch in trace.launches:
+        assert launch.lane == DECODE and launch.num_sms == NUM_SMS
+        assert launch.layer_start == 0 and (not launch.prefill or launch.layer_end == NUM_LAYERS)
+        if launch.prefill:
+            assert launch.num_prefill_tokens + len(launch.decode_ids) <= budget
+            mixed += bool(launch.decode_ids)
+    assert mixed > 0  # prefill chunks rode along with decodes
+
+
+def test_static_split_respects_its_sms_and_synchronises():
+    sched = StaticSplit(config(), SLO(), decode_sms=40, chunk_tokens=512)
+    requests = workload(n=30, seed=2)
+    trace = drive(sched, requests)
+    assert_all_served(sched, requests)
+    by_start: dict[float, list[Launch]] = {}
+    for start, _, launch in trace.launches:
+        by_start.setdefault(start, []).append(launch)
+    both = 0
+    for start, launches in by_start.items():
+        lanes = {l.lane: l for l in launches}
+        assert len(lanes) == len(launches)
+        if DECODE in lanes:
+            assert lanes[DECODE].num_sms == 40 and not lanes[DECODE].prefill
+        if PREFILL in lanes:
+            assert lanes[PREFILL].num_sms == (NUM_SMS - 40 if DECODE in lanes else NUM_SMS)
+        both += len(lanes) == 2
+    assert both > 0
+    # synchronised: nothing starts while a launch of the previous step still runs
+    for s, e, _ in trace.launches:
+        assert not any(s2 < s < e2 for s2, e2, _ in trace.launches), "a step started before the last one ended"
+
+
+def test_temporal_split_alternates_decode_steps_and_layer_groups():
+    sched = TemporalSplit(config(), SLO(), layers_per_group=3)
+    requests = workload(n=30, seed=4)
+    trace = drive(sched, requests)
+    assert_all_served(sched, requests)
+    launches = [l for _, _, l in trace.launches]
+    assert all(l.num_sms == NUM_SMS and l.lane == DECODE for l in launches)
+    assert all(not (l.prefill and l.decode_ids) for l in launches)  # never fused
+    for l in launches:
+        if l.prefill:
+            assert l.layer_end - l.layer_start <= 3
+    interleaved = 0
+    for k in range(1, len(launches)):
+        prev, cur = launches[k - 1], launches[k]
+        if prev.prefill and cur.prefill and trace.decoding_at_start[k]:
+            pytest.fail(f"launch {k}: two prefill groups in a row while {trace.decoding_at_start[k]} decode")
+        if prev.prefill and cur.decode_ids and launches[k + 1 if k + 1 < len(launches) else k].prefill:
+            interleaved += 1
+    assert interleaved > 0
+    # layer groups of one job are contiguous: each job covers [0, L) in order
+    expect = 0
+    for l in (l for l in launches if l.prefill):
+        assert l.layer_start == expect
+        expect = 0 if l.layer_end == NUM_LAYERS else l.layer_end
+
+
+def test_prefill_first_prefills_before_decoding():
+    sched = PrefillFirst(config(), SLO())
+    requests = [Request(0, 0.0, 100, 20), Request(1, 0.001, 200, 5)]
+    trace = drive(sched, requests)
+    assert_all_served(sched, requests)
+    first_two = [l for _, _, l in trace.launches[:2]]
+    assert first_two[0].prefill and not first_two[0].decode_ids
+    # request 1 arrived during request 0's prefill: its prefill goes before any decode step
+    assert first_two[1].prefill and first_two[1].prefill[0].request_id == 1
+
+
+# ---- through the simulator ---------------------------------------------------------------------------
+SIM_POLICIES = ["chunked", "prefill_first", "static_split", "temporal", "yoda", "disagg"]
+
+
+@pytest.mark.parametrize("policy", SIM_POLICIES)
+def test_simulated_small_cache_serves_everything(policy):
+    requests = workload(n=30, seed=5, rate=100.0, max_prompt=300, max_output=150)
+    cfg = SimConfig(policy=policy, num_instances=2 if policy == "disagg" else 1, kv_blocks=48, block_size=16,
+                    check_every=1, slo=SLO(ttft_ms=2000, tbt_ms=100))
+    res = simulate(requests, cfg)
+    recs = {r.request_id: r for r in res.records}
+    assert len(recs) == len(requests)
+    for req in requests:
+        rec = recs[req.request_id]
+        assert rec.finished and len(rec.token_at) == req.output_len
+    assert res.metrics["completed"] + res.metrics["rejected"] == len(requests)
+    assert res.metrics["num_preemptions"] > 0
+
+
+def test_disagg_moves_every_request_through_a_decode_instance():
+    requests = workload(n=30, seed=6, rate=30.0)
+    cfg = SimConfig(policy="disagg", num_instances=3, num_prefill_instances=1, block_size=16, check_every=1)
+    env = simpy.Environment()
+    cluster = build(cfg, env, 16)
+    decoded_on: dict[int, set[int]] = {}
+    prefilled_on: dict[int, set[int]] = {}
+    for g in cluster.instances:
+        def on_done(launch, now, index=g.index):
+            for rid in launch.decode_ids:
+                decoded_on.setdefault(rid, set()).add(index)
+            for c in launch.prefill:
+                prefilled_on.setdefault(c.request_id, set()).add(index)
+        g.on_launch_done = on_done
+    env.process(cluster.replay_open_loop(requests))
+    env.run()
+    recs = {r.request_id: r for r in cluster.records()}
+    prefill_ids = {g.index for g in cluster.prefill}
+    decode_ids = {g.index for g in cluster.decode}
+    assert len(cluster.decode) == 2 and len(prefill_ids) == 1
+    for req in requests:
+        rec = recs[req.request_id]
+        assert rec.finished and len(rec.token_at) == req.output_len
+        assert prefilled_on[req.request_id] <= prefill_ids | decode_ids
+        assert prefill_ids & prefilled_on[req.request_id], "first prefill must run on a prefill instance"
+        if req.output_len > 1:
+            assert decoded_on.get(req.request_id), f"request {req.request_id} never decoded"
+            assert decoded_on[req.request_id] <= decode_ids
+        else:
+            assert req.request_id not in decoded_on
+    assert cluster.num_transfers >= sum(r.output_len > 1 for r in requests)
+    for g in cluster.instances:
+        assert not g.scheduler.has_work()
+        g.scheduler.kv.check_invariants()
