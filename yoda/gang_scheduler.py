@@ -40,6 +40,8 @@ class YodaOptions:
     keep: str = "tbt"  # SLO kept when both cannot be met: "tbt" (paper) or "ttft"
     ttft_aware_split: bool = True  # give decode the SMs prefill can spare (ablation: paper's fewest-SMs rule)
     ttft_safety: float = 1.5  # plan prefills to finish within 1/ttft_safety of their TTFT slack
+    piggyback: bool = True  # run a small prefill backlog inside the decode step (ablation: always split)
+    piggyback_tokens: int = 2048  # largest backlog considered small
 
 
 ABLATIONS: dict[str, dict] = {
@@ -49,12 +51,14 @@ ABLATIONS: dict[str, dict] = {
     "static_partition": {"adaptive_partition": False},
     "no_preemption": {"preemption": False},
     "fewest_decode_sms": {"ttft_aware_split": False},
+    "no_piggyback": {"piggyback": False},
 }
 
 
 class GangScheduler(SchedulerCore):
     PREEMPT_SCAN = 16  # waiting requests (in slack order) considered for a jump at each layer boundary
     NEED_SCAN = 32  # waiting requests counted when sizing prefill's share against TTFT deadlines
+    PIGGYBACK_SCAN = 8  # a longer waiting queue is never a small backlog
 
     def __init__(self, config: SchedulerConfig, slo: SLO, estimator: Estimator, **options) -> None:
         super().__init__(config, slo)
@@ -72,6 +76,8 @@ class GangScheduler(SchedulerCore):
         self._split_sizes = [p.decode_sms for p in self.menu.splits]
         self._split_memo: dict[tuple[int, int, int, int], int | None] = {}
         self._prefill_est: dict[int, tuple[int, float]] = {}
+        self._mix_memo: dict[tuple[int, int], int] = {}
+        self._desired_decode_sms = 0  # what the last decode choice wanted (before any squeeze)
 
     # ---- public estimates (dispatcher) ----------------------------------------------------------------
     def estimate_prefill_s(self, new_tokens: float, reused_tokens: float) -> float:
@@ -85,6 +91,10 @@ class GangScheduler(SchedulerCore):
         decode = busy.get(DECODE)
         if decode is None:
             batch = self.decode_batch(now)
+            mixed = self._piggyback(now, batch) if batch and PREFILL not in busy else None
+            if mixed is not None:
+                self._note_split([mixed], busy)
+                return [mixed]
             if batch:
                 prefill_sms = busy[PREFILL].num_sms if PREFILL in busy else 0
                 decode = self._launch_decode(batch, prefill_sms, now)
@@ -95,6 +105,37 @@ class GangScheduler(SchedulerCore):
                 launches.append(prefill)
         self._note_split(launches, busy)
         return launches
+
+    # ---- piggyback (beyond the paper) ------------------------------------------------------------
+    def _piggyback(self, now: float, batch: tuple[int, ...]) -> Launch | None:
+        """When the whole prefill backlog is small, run it inside the decode step on the whole GPU: one
+        mixed launch reads the weights once, which beats two partitions each reading them. Only if the
+        step's estimate (decode + prefill, conservatively summed) still meets the TBT target; a larger
+        backlog goes to the prefill partition as usual."""
+        if not self.opts.piggyback or self.job is not None or self.suspended is not None or self.late:
+            return None
+        if len(self.waiting) > self.PIGGYBACK_SCAN:
+            return None
+        pending = sum(s.remaining_prefill for s in self.prefilling if not s.in_flight)
+        pending += sum(s.target_len for s in self.waiting)
+        if pending == 0 or pending > self._mix_budget(len(batch), self.decode_kv_len):
+            return None
+        job = self._new_job(now, token_budget=pending)
+        if job is None:
+            return None
+        return self.prefill_launch(job.chunks, self.config.num_sms, DECODE, batch=batch)
+
+    def _mix_budget(self, batch_size: int, kv_len: int) -> int:
+        key = (batch_size, kv_len >> 10)
+        if key not in self._mix_memo:
+            if len(self._mix_memo) > 65536:
+                self._mix_memo.clear()
+            target = self.slo.tbt_s * self.opts.tbt_margin
+            decode_s = self.est.decode_s(batch_size, kv_len, self.config.num_sms)
+            fits = [t for t in (64, 128, 256, 512, 1024, 2048)
+                    if decode_s + self.est.prefill_s([t], [0], self.config.num_sms) <= target]
+            self._mix_memo[key] = min(max(fits, default=0), self.opts.piggyback_tokens)
+        return self._mix_memo[key]
 
     def on_launch_done(self, launch: Launch, now: float) -> None:
         if launch.lane == DECODE and self._decode_plan is not None:
@@ -143,6 +184,7 @@ class GangScheduler(SchedulerCore):
                 self.counters["tbt_given_up"] += chosen < fewest
             else:
                 self.counters["ttft_given_up"] += 1
+        self._desired_decode_sms = chosen
         free = self.config.num_sms - prefill_busy_sms
         if chosen > free:
             self.counters["decode_squeezed"] += 1
@@ -210,12 +252,15 @@ class GangScheduler(SchedulerCore):
         sms = self.config.num_sms
         if decode is not None:  # the SMs decode leaves, in whole groups
             sms = (self.config.num_sms - decode.num_sms) // self.opts.granularity * self.opts.granularity
+            # a decode step squeezed by the last prefill group: leave the SMs it asked for free from the
+            # next step on, or the split could never grow back
+            sms = min(sms, self.menu.usable_sms - self._desired_decode_sms)
             if sms <= 0:
                 # NOTE: build no job that cannot launch now: its idle admitted requests could be picked as
                 # KV-preemption victims before it runs, and it would then launch chunks with freed KV
                 return None
         if self.opts.preemption and self.job is not None and self.job.layers_done > 0 and self.suspended is None:
-            self._maybe_preempt(now, decode)
+            self._maybe_preempt(now, sms)
         if self.job is None:
             self.job = self._new_job(now)
             if self.job is None:
@@ -230,9 +275,14 @@ class GangScheduler(SchedulerCore):
 
     def _layers_to_launch(self, prefill_sms: int, decode: Launch | None) -> int:
         remaining = self.config.num_layers - self.job.layers_done
-        if decode is None or not self.opts.layerwise:
+        if not self.opts.layerwise:
             return remaining
         job = self.job
+        if decode is None:
+            # prefill alone on the whole GPU still launches in quanta of about one TBT, so a short prefill
+            # can preempt at a layer boundary and a new decode batch is not held behind a long prefill
+            n = math.ceil(self.slo.tbt_s * self.config.num_layers / max(job.est_s, 1e-9))
+            return max(1, min(n, remaining))
         t_p = self.est.prefill_guarded_s([c.num_new for c in job.chunks], [c.start_len for c in job.chunks],
                                          prefill_sms, len(decode.decode_ids), decode.decode_kv_len)
         t_d = self.est.decode_s(len(decode.decode_ids), decode.decode_kv_len, decode.num_sms)
@@ -242,13 +292,12 @@ class GangScheduler(SchedulerCore):
     def _deadline(self, state: RequestState) -> float:
         return state.request.arrival_at + self.slo.ttft_target_s(state.request.prompt_len)
 
-    def _new_job(self, now: float) -> PrefillJob | None:
+    def _new_job(self, now: float, token_budget: int | None = None) -> PrefillJob | None:
         room = self.config.max_batch - len(self.decoding) - len(self.ready)
         if room > len(self.prefilling):
             self._admit_by_slack(now, room - len(self.prefilling))
-        idle = sorted((s for s in self.prefilling if not s.in_flight),
-                      key=lambda s: (self._deadline(s) < now, self._deadline(s), s.order))
-        chunks = self.prefill_chunks(idle, self.opts.prefill_tokens)
+        idle = sorted((s for s in self.prefilling if not s.in_flight), key=lambda s: self._slack_key(s, now))
+        chunks = self.prefill_chunks(idle, token_budget or self.opts.prefill_tokens)
         if not chunks:
             return None
         return self._job(chunks)
@@ -258,12 +307,24 @@ class GangScheduler(SchedulerCore):
         job.est_s = self.est.prefill_s([c.num_new for c in chunks], [c.start_len for c in chunks], self.config.num_sms)
         return job
 
+    def _slack_key(self, state: RequestState, now: float) -> tuple[bool, float, int]:
+        """EDF, except that a prefill that cannot meet its deadline even if started now goes last."""
+        deadline = self._deadline(state)
+        return (deadline - now < self._solo_prefill_s(state), deadline, state.order)
+
     def _admit_by_slack(self, now: float, max_requests: int) -> None:
         """Admit in TTFT-deadline order; requests that already missed their TTFT wait in `late` and go
-        only when no request that can still make it is waiting (arrival order approximates deadline order:
-        exact with one TTFT target; with length-scaled targets long prompts are admitted no later)."""
+        only when no request that can still make it is waiting. With one TTFT target arrival order is
+        deadline order; with length-scaled targets the head of the queue is re-sorted by deadline (a short
+        prompt behind long ones has the earlier deadline)."""
         while self.waiting and self._deadline(self.waiting[0]) < now and self.waiting[0].num_generated == 0:
             self.late.append(self.waiting.popleft())
+        if self.slo.ttft_ms_per_token > 0 and len(self.waiting) > 1:
+            head = sorted(itertools.islice(self.waiting, self.NEED_SCAN),
+                          key=lambda s: (self._deadline(s) < now, self._deadline(s), s.order))
+            for _ in range(len(head)):
+                self.waiting.popleft()
+            self.waiting.extendleft(reversed(head))
         if self.waiting:
             self.admit_waiting(now, self.opts.prefill_tokens, max_requests)
         elif self.late:
@@ -276,30 +337,42 @@ class GangScheduler(SchedulerCore):
         queued = [s.id for q in (self.waiting, self.late, self.prefilling, self.ready, self.decoding) for s in q]
         assert len(queued) == len(set(queued)) and set(queued) == set(self.states), "queues lost a request"
 
-    def _maybe_preempt(self, now: float, decode: Launch | None) -> None:
-        """Let one short waiting prefill jump ahead of the running long one at this layer boundary."""
+    def _maybe_preempt(self, now: float, sms: int) -> None:
+        """Let one short prefill jump ahead of the running long one at this layer boundary: when waiting would
+        make it miss its TTFT, jumping lets it meet it, and the long one meets its own TTFT all the same
+        (or misses it either way).
+        `sms`: the prefill partition both would run on (as _launch_prefill sizes it; more would be optimistic)."""
         job = self.job
-        # the prefill partition in whole SM groups, as _launch_prefill sizes it (more SMs would be optimistic)
-        sms = (self.config.num_sms - (decode.num_sms if decode else 0)) // self.opts.granularity * self.opts.granularity
         left_frac = 1 - job.layers_done / self.config.num_layers
         job_left_s = left_frac * self.est.prefill_s([c.num_new for c in job.chunks], [c.start_len for c in job.chunks], sms)
+        # the long requests' TTFT comes after their whole remaining prompt, not just this job
+        rest_s = sum(self.est.prefill_s([st.target_len - c.end_len], [c.end_len], sms)
+                     for c, st in zip(job.chunks, job.states) if st.target_len > c.end_len)
+        long_left_s = job_left_s + rest_s
         job_deadline = min(self._deadline(s) for s in job.states)
-        if now + job_left_s > job_deadline:
-            return  # the long job already misses its TTFT: it could not afford any delay
-        for state in itertools.islice(self.waiting, self.PREEMPT_SCAN):
-            if state.target_len >= job.num_tokens // 2 or self._deadline(state) < now:
-                continue  # only a clearly shorter request that can still make it may jump
-            short_s = self.est.prefill_s([state.target_len], [0], sms)
+        # a long job that misses its TTFT anyway loses nothing by a short delay
+        long_misses_anyway = now + long_left_s > job_deadline
+        idle = [s for s in self.prefilling if not s.in_flight and s.remaining_prefill > 0]
+        for state in itertools.chain(idle, itertools.islice(self.waiting, self.PREEMPT_SCAN)):
+            if self._deadline(state) < now:
+                continue  # it cannot make it any more: no reason to delay the long one
+            short_s = self.est.prefill_s([state.remaining_prefill], [state.prefilled_len], sms)
+            if short_s > job_left_s / 2:
+                continue  # only a clearly shorter prefill may jump
             misses_if_waits = now + job_left_s + short_s > self._deadline(state)
             meets_if_jumps = now + short_s <= self._deadline(state)
-            long_still_ok = now + short_s + job_left_s <= job_deadline
-            if misses_if_waits and meets_if_jumps and long_still_ok and self.try_admit(state, now):
+            long_still_ok = long_misses_anyway or now + short_s + long_left_s <= job_deadline
+            if not (misses_if_waits and meets_if_jumps and long_still_ok):
+                continue
+            if not state.admitted:
+                if not self.try_admit(state, now):
+                    continue
                 self.waiting.remove(state)
-                self.suspended, self.job = job, None
-                chunks = self.prefill_chunks([state], state.remaining_prefill)
-                self.job = self._job(chunks)
-                self.counters["prefill_preemptions"] += 1
-                return
+            self.suspended = job
+            chunks = self.prefill_chunks([state], state.remaining_prefill)
+            self.job = self._job(chunks)
+            self.counters["prefill_preemptions"] += 1
+            return
 
     def _note_split(self, launches: Sequence[Launch], busy: dict[str, Launch]) -> None:
         lanes = {**busy, **{l.lane: l for l in launches}}

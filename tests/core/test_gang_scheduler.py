@@ -8,6 +8,7 @@ so a one-request decode takes about 37.3 ms on 16 SMs and 20.6 ms on 32; guards 
 import math
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from sim.run import SimConfig, simulate
 from yoda.backend import DECODE, PREFILL, Launch
@@ -33,12 +34,18 @@ def estimator() -> Estimator:
 TRUTH = estimator()
 
 
+# the paper's policy: options that switch off what the default adds beyond it
+PAPER = {"ttft_aware_split": False, "piggyback": False}
+
+
 def duration_s(launch: Launch) -> float:
-    if not launch.prefill:
-        return TRUTH.decode_s(len(launch.decode_ids), launch.decode_kv_len, launch.num_sms)
-    frac = (launch.layer_end - launch.layer_start) / launch.num_layers
-    return TRUTH.prefill_s([c.num_new for c in launch.prefill], [c.start_len for c in launch.prefill],
-                           launch.num_sms) * frac
+    """Solo time by the estimator; a mixed launch (decode + prefill chunks on one lane) costs both."""
+    t = TRUTH.decode_s(len(launch.decode_ids), launch.decode_kv_len, launch.num_sms) if launch.decode_ids else 0.0
+    if launch.prefill:
+        frac = (launch.layer_end - launch.layer_start) / launch.num_layers
+        t += TRUTH.prefill_s([c.num_new for c in launch.prefill], [c.start_len for c in launch.prefill],
+                             launch.num_sms) * frac
+    return t
 
 
 class Decision:
@@ -80,6 +87,7 @@ def drive(sched, requests) -> list[Decision]:
         decisions.append(d)
         assert sum(l.num_sms for _, l in running.values()) <= NUM_SMS
         sched.check_invariants()
+        assert running or i < len(arrivals) or not sched.has_work(), f"stalled at {now}: {sorted(sched.states)}"
     assert not running and not sched.has_work()
     for r in sched.records:
         assert r.rejected_reason is not None or len(r.token_at) == r.output_len
@@ -118,7 +126,8 @@ def test_decode_alone_gets_the_whole_gpu():
 
 @pytest.mark.parametrize("tbt_ms", [50, 80])
 def test_with_prefill_pending_decode_gets_the_fewest_sms_meeting_tbt(tbt_ms):
-    s = gang(slo=SLO(ttft_ms=1000, tbt_ms=tbt_ms))
+    # the paper's rule (DESIGN 4.4); the default policy may give decode more, see the next test
+    s = gang(slo=SLO(ttft_ms=1000, tbt_ms=tbt_ms), **PAPER)
     decisions = drive(s, mixed_workload())
     checked = set()
     for d in decisions:
@@ -137,11 +146,28 @@ def test_with_prefill_pending_decode_gets_the_fewest_sms_meeting_tbt(tbt_ms):
     assert s.counters["tbt_unmeetable"] == 0
 
 
+@pytest.mark.parametrize("tbt_ms", [50, 80])
+def test_default_policy_never_gives_decode_fewer_sms_than_tbt_needs_unless_squeezed(tbt_ms):
+    s = gang(slo=SLO(ttft_ms=1000, tbt_ms=tbt_ms))
+    decisions = drive(s, mixed_workload())
+    checked = 0
+    for d in decisions:
+        dec = d.lane(DECODE)
+        if dec is None or not d.pending:
+            continue
+        want = fewest_meeting_tbt(s, dec, d.job_tokens)
+        free = NUM_SMS - (d.busy[PREFILL].num_sms if PREFILL in d.busy else 0)
+        assert dec.num_sms >= min(want, MENU.largest_decode_within(free)), (d.now, dec.num_sms, want)
+        assert dec.num_sms in MENU.decode_sizes()
+        checked += 1
+    assert checked > 10
+
+
 @pytest.mark.xfail(strict=True, reason="choose_decode_sms skips the contention guard while a fully launched "
                    "prefill still runs on the prefill lane: _job_tokens() returns (0, 0) once the job's last "
                    "layers are launched, so decode_guarded_s falls back to the solo estimate")
 def test_guard_applies_while_the_last_prefill_layers_run():
-    s = gang()
+    s = gang(**PAPER)
     decisions = drive(s, mixed_workload())
     beside = [(d, d.lane(DECODE)) for d in decisions if d.lane(DECODE) and PREFILL in d.busy and not d.pending]
     assert beside
@@ -152,24 +178,27 @@ def test_guard_applies_while_the_last_prefill_layers_run():
         assert dec.num_sms >= min(want, MENU.largest_decode_within(NUM_SMS - p.num_sms)), (d.now, dec.num_sms, want)
 
 
-@pytest.mark.xfail(strict=True, reason="decode cannot grow back while prefill keeps its lane busy: each "
-                   "prefill group takes every SM the running decode leaves, and each decode step can only take "
-                   "what the running prefill leaves, so a squeezed decode partition stays squeezed "
-                   "(counters['decode_squeezed']) although a split meeting TBT exists; TBT is then violated")
-def test_decode_partition_grows_with_its_batch_under_continuous_prefill():
+@pytest.mark.parametrize("options", [PAPER, {}], ids=["paper", "default"])
+def test_decode_partition_grows_with_its_batch_under_continuous_prefill(options):
+    # regression: each prefill group took every SM the running decode left and each decode step only what the
+    # running prefill left, so a squeezed decode partition stayed squeezed for as long as prefill was busy
+    # (49 steps on 16 SMs where 48 were needed; TBT gaps of 76 ms against a 50 ms target).
     # 24 decoding requests need 48 decode SMs beside a prefill: 1.3 x (4 + (528 + 480 + 6.6 K) / 48) <= 45 ms;
     # 6000-token prefills then keep the prefill lane busy for a second
     reqs = [Request(i, 0.01 * i, 100, 300) for i in range(24)]
     reqs += [Request(100 + i, 0.3 + 0.1 * i, 6000, 2) for i in range(10)]
-    s = gang(kv_blocks=2000)
-    decisions = drive(s, reqs)
-    short = [(round(d.now, 3), d.lane(DECODE).num_sms, want) for d in decisions
-             if d.pending and d.lane(DECODE) and (want := fewest_meeting_tbt(s, d.lane(DECODE), d.job_tokens))
-             and d.lane(DECODE).num_sms < want]
-    worst_gap_ms = max(g for r in s.records for g in r.tbt_gaps_s()) * 1000
-    assert not short and worst_gap_ms <= 50, (
-        f"{len(short)} decode steps got fewer SMs than TBT needs (time, got, needed) {short[:3]}; "
-        f"worst TBT gap {worst_gap_ms:.1f} ms with no contention at all")
+    s = gang(kv_blocks=2000, **options)
+    steps = [(round(d.now, 3), d.lane(DECODE).num_sms, fewest_meeting_tbt(s, d.lane(DECODE), d.job_tokens))
+             for d in drive(s, reqs) if d.pending and d.lane(DECODE)]
+    # one squeezed step is the price of query-based sync (the running prefill group holds the SMs); the next
+    # step must get what TBT needs
+    short_twice = [(a, b) for a, b in zip(steps, steps[1:]) if a[2] and b[2] and a[1] < a[2] and b[1] < b[2]]
+    # a request's first gap also waits for the decode step running when its prefill ended (query-based
+    # merge), so it may span up to two steps: only later gaps are bounded by one step
+    worst_gap_ms = max(g for r in s.records for g in r.tbt_gaps_s()[1:]) * 1000
+    assert not short_twice and worst_gap_ms <= 50, (
+        f"{len(short_twice)} consecutive decode steps got fewer SMs than TBT needs (time, got, needed) "
+        f"{short_twice[:2]}; worst TBT gap {worst_gap_ms:.1f} ms with no contention at all")
 
 
 def test_unmeetable_tbt_is_counted_not_silently_violated():
@@ -181,7 +210,7 @@ def test_unmeetable_tbt_is_counted_not_silently_violated():
 
 
 def test_static_partition_keeps_one_split():
-    s = gang(adaptive_partition=False)
+    s = gang(adaptive_partition=False, piggyback=False)
     decisions = drive(s, mixed_workload())
     assert {d.lane(DECODE).num_sms for d in decisions if d.lane(DECODE) and d.pending} == {s._static_decode_sms}
 
@@ -199,7 +228,8 @@ def test_prefill_layers_cover_one_decode_step():
         if dec is None:  # nothing to overlap: the whole GPU and every remaining layer at once
             assert p.num_sms == NUM_SMS and p.layer_end == NUM_LAYERS
             continue
-        assert p.num_sms == (NUM_SMS - dec.num_sms) // 8 * 8
+        # whole 8-SM groups of what decode leaves (fewer if decode asked for more than it got)
+        assert p.num_sms % 8 == 0 and 0 < p.num_sms <= (NUM_SMS - dec.num_sms) // 8 * 8
         new, reused = [c.num_new for c in p.prefill], [c.start_len for c in p.prefill]
         t_p = s.est.prefill_guarded_s(new, reused, p.num_sms, len(dec.decode_ids), dec.decode_kv_len)
         t_d = s.est.decode_s(len(dec.decode_ids), dec.decode_kv_len, dec.num_sms)
@@ -258,22 +288,54 @@ def test_short_prefill_preempts_a_long_one_and_both_meet_ttft():
     assert pre[1] <= 3.2
 
 
-@pytest.mark.parametrize("long_len,prefill_tokens,short_at,slack_ms", [
-    (16000, 32768, 0.05, 5), (16000, 32768, 0.3, 1), (16000, 32768, 0.6, 10), (6000, 32768, 0.15, 5),
-    (16000, 8192, 0.3, 10), (16000, 8192, 0.6, 5)])
-def test_preemption_never_makes_the_long_prefill_miss_a_ttft_it_would_meet(long_len, prefill_tokens, short_at,
-                                                                           slack_ms):
+MULTI_JOB_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "default policy, long prompt split over several prefill jobs (prefill_tokens < prompt): _maybe_preempt "
+    "counts only the running job's remaining layers (not the request's later chunks) on the current prefill "
+    "partition, which the TTFT-aware split then resizes; the long request misses a target it met without "
+    "preemption (1.93 s > 1.81 s)"))
+
+
+@pytest.mark.parametrize("options,long_len,prefill_tokens,short_at,slack_ms", [
+    pytest.param(PAPER, 16000, 32768, 0.05, 5, id="paper-1job-early"),
+    pytest.param(PAPER, 16000, 32768, 0.3, 1, id="paper-1job-mid"),
+    pytest.param(PAPER, 16000, 32768, 0.6, 10, id="paper-1job-late"),
+    pytest.param(PAPER, 6000, 32768, 0.15, 5, id="paper-short-long"),
+    pytest.param(PAPER, 16000, 8192, 0.3, 10, id="paper-2jobs-mid"),
+    pytest.param(PAPER, 16000, 8192, 0.6, 5, id="paper-2jobs-late"),
+    pytest.param({}, 16000, 32768, 0.15, 5, id="default-1job-early"),
+    pytest.param({}, 16000, 32768, 0.6, 1, id="default-1job-late"),
+    pytest.param({}, 6000, 32768, 0.15, 5, id="default-short-long"),
+    pytest.param({}, 16000, 8192, 0.3, 10, id="default-2jobs-mid", marks=MULTI_JOB_XFAIL),
+])
+def test_preemption_never_makes_the_long_prefill_miss_a_ttft_it_would_meet(options, long_len, prefill_tokens,
+                                                                           short_at, slack_ms):
     # regression: the check used the SMs decode leaves (e.g. 116) rather than the whole 8-SM groups the
     # prefill really gets (112), so it was optimistic and the long prefill missed by ~10 ms
     reqs = long_and_short(short_at, long_len)
-    base, _ = run_ttfts(False, SLO(ttft_ms=200, tbt_ms=50, ttft_ms_per_token=0.2), reqs, prefill_tokens=prefill_tokens)
+    opts = dict(options, prefill_tokens=prefill_tokens)
+    base, _ = run_ttfts(False, SLO(ttft_ms=200, tbt_ms=50, ttft_ms_per_token=0.2), reqs, **opts)
     # the long request's target: just above what it achieves without preemption
     slo = SLO(ttft_ms=200, tbt_ms=50, ttft_ms_per_token=(base[1] + slack_ms / 1000) * 1000 / long_len)
-    base, _ = run_ttfts(False, slo, reqs, prefill_tokens=prefill_tokens)
-    pre, n = run_ttfts(True, slo, reqs, prefill_tokens=prefill_tokens)
+    base, _ = run_ttfts(False, slo, reqs, **opts)
+    pre, n = run_ttfts(True, slo, reqs, **opts)
     target = slo.ttft_target_s(long_len)
     assert base[1] <= target
     assert pre[1] <= target + 1e-9, f"preemption ({n}) made the long prefill miss: {pre[1]:.4f} > {target:.4f}"
+
+
+@settings(max_examples=40, deadline=None)
+@given(prompts=st.lists(st.tuples(st.integers(1, 3000), st.integers(1, 60), st.sampled_from([0.0, 0.002, 0.02, 0.2])),
+                        min_size=1, max_size=10),
+       options=st.sampled_from([{}, {"layerwise": False}, {"query_merge": False}, {"preemption": False},
+                                {"adaptive_partition": False}, PAPER, {"piggyback": False}, {"prefill_tokens": 256}]),
+       kv_blocks=st.sampled_from([40, 200, 1100]), ttft_ms=st.sampled_from([20, 300, 3000]))
+def test_random_workloads_keep_invariants(prompts, options, kv_blocks, ttft_ms):
+    at, reqs = 0.0, []
+    for i, (prompt_len, output_len, gap) in enumerate(prompts):
+        at += gap
+        reqs.append(Request(i, at, prompt_len, output_len))
+    s = gang(slo=SLO(ttft_ms=ttft_ms, tbt_ms=50, ttft_ms_per_token=0.05), kv_blocks=kv_blocks, **options)
+    drive(s, reqs)  # checks invariants at every step, SM budgets, and that every request is served
 
 
 # ---- through the simulator -----------------------------------------------------------------------------

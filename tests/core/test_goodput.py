@@ -9,7 +9,7 @@ SLO_ = SLO(ttft_ms=500, tbt_ms=50)
 BREAK_RPS = 3.7
 
 
-def run_with_ttft(ttft_s_at) -> callable:
+def run_with_ttft(ttft_s_at):
     """100 requests, each with TTFT `ttft_s_at(rate)` and 20 ms gaps, arriving at `rate`."""
     def run(rate: float) -> list[RequestRecord]:
         out = []

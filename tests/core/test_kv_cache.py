@@ -5,7 +5,7 @@ so every reuse can be checked for correctness, not just for bookkeeping consiste
 """
 import pytest
 from hypothesis import settings, strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
 from yoda.kv_cache import KVCache, KVCacheFullError, chain_keys
 
