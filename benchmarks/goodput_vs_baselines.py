@@ -87,7 +87,7 @@ def _cells(num_requests: int, seed: int, workloads: list[str], setups: list[Setu
     for setup in setups:
         for workload in workloads:
             base = {"setup": setup, "workload": workload, "num_requests": num_requests, "seed": seed,
-                    "span_s": span_s, "min_requests": min(100, num_requests),
+                    "span_s": span_s, "min_requests": min(300, num_requests),
                     "start_rps": 0.5 * setup.num_gpus / setup.tp * (2 if setup.tp > 1 else 1)}
             for policy in setup.policies:
                 if policy == "chunked":
@@ -186,7 +186,7 @@ def main(requests: int = typer.Option(1500, help="most requests per probe (sessi
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.goodput_vs_baselines " + shlex.join(sys.argv[1:])
     header = (f"# Goodput: Yoda vs baselines (simulated)\n\nCommand: `{command}`  \n"
-              f"Arrival window {span:g} s per probe (requests = rate x window, {min(100, requests)}..{requests}), seed {seed}; wall {time.perf_counter() - started:.0f} s. "
+              f"Arrival window {span:g} s per probe (requests = rate x window, {min(300, requests)}..{requests}), seed {seed}; wall {time.perf_counter() - started:.0f} s. "
               "Goodput in req/s; chunked prefill shows its best token budget of "
               f"{list(CHUNK_BUDGETS)}. Ratios: yoda / baseline.\n")
     (out / "goodput_vs_baselines.md").write_text(header + table + "\n" + ablation + "\n")
