@@ -6,7 +6,9 @@ running launch keeps its remaining solo work and finishes when that work drains 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+import itertools
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
@@ -28,6 +30,7 @@ class _Running:
     updated_at: float
     started_at: float
     version: int = 0  # 0: completion not scheduled yet
+    step_offsets: list[float] | None = None  # multi-step decode: end of each step after the start
 
 
 @dataclass(slots=True)
@@ -46,7 +49,7 @@ class Timeline:
 class GpuInstance:
     def __init__(self, env: simpy.Environment, index: int, scheduler, latency: LatencySource,
                  contention: ContentionModel, gpu: GpuSpec, model: ModelSpec, record_timeline: bool = True,
-                 check_every: int = 0) -> None:
+                 check_every: int = 0, max_decode_steps: int = 64) -> None:
         self.env, self.index, self.scheduler = env, index, scheduler
         self.latency, self.contention, self.gpu, self.model = latency, contention, gpu, model
         self.running: dict[str, _Running] = {}
@@ -56,6 +59,7 @@ class GpuInstance:
         self.check_every = check_every
         self.timeline = Timeline([], [], [], [], [], [], []) if record_timeline else None
         self.on_launch_done: Callable[[Launch, float], None] | None = None
+        scheduler.max_decode_steps = max_decode_steps
 
     # ---- inputs ---------------------------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -64,7 +68,9 @@ class GpuInstance:
         self.kick()
 
     def kick(self) -> None:
-        """Ask the scheduler for a plan once all events of this instant have been delivered."""
+        """Ask the scheduler for a plan once all events of this instant have been delivered. Something
+        happened, so a multi-step decode run stops at its next step boundary."""
+        self._cut_decode_run()
         if not self._decision_pending:
             self._decision_pending = True
             self.env.timeout(0).callbacks.append(self._decide)
@@ -79,8 +85,14 @@ class GpuInstance:
         for launch in launches:
             if launch.lane in self.running:
                 raise RuntimeError(f"scheduler launched on busy lane {launch.lane}")
-            solo = launch_solo_s(self.latency, launch, self.model.num_layers)
-            self.running[launch.lane] = _Running(launch, solo, 1.0, self.env.now, self.env.now)
+            offsets = None
+            if launch.num_steps > 1:  # per-step times: the batch's context grows by one token a step
+                b, kv, step_s = len(launch.decode_ids), launch.decode_kv_len, self.latency.decode_s
+                offsets = list(itertools.accumulate(step_s(b, kv + j * b, launch.num_sms) for j in range(launch.num_steps)))
+                solo = offsets[-1]
+            else:
+                solo = launch_solo_s(self.latency, launch, self.model.num_layers)
+            self.running[launch.lane] = _Running(launch, solo, 1.0, self.env.now, self.env.now, step_offsets=offsets)
             self._log(launch, solo)
         used = sum(r.launch.num_sms for r in self.running.values())
         if used > self.gpu.num_sms:
@@ -112,6 +124,8 @@ class GpuInstance:
             return  # superseded by a re-timing
         del self.running[lane]
         now = self.env.now
+        if run.step_offsets is not None:
+            run.launch = replace(run.launch, step_ends=tuple(run.started_at + o for o in run.step_offsets))
         self.busy_s += now - run.started_at
         self.scheduler.on_launch_done(run.launch, now)
         if self.on_launch_done is not None:
@@ -121,6 +135,25 @@ class GpuInstance:
         if self.check_every and self.scheduler.num_steps % self.check_every == 0:
             self.scheduler.check_invariants()
         self.kick()
+
+    def _cut_decode_run(self) -> None:
+        """Stop a running multi-step decode at the first step boundary from now on."""
+        for lane, run in self.running.items():
+            offsets = run.step_offsets
+            if offsets is None or len(offsets) == 1:
+                continue
+            if run.rate != 1.0:  # NOTE: runs are only planned with the other lane idle; offsets assume it
+                raise RuntimeError("a multi-step decode ran beside another launch")
+            done = bisect.bisect_left(offsets, self.env.now - run.started_at) + 1
+            if done >= len(offsets):
+                continue
+            run.step_offsets = offsets[:done]
+            run.launch = replace(run.launch, num_steps=done)
+            run.remaining_s = run.started_at + offsets[done - 1] - self.env.now
+            run.updated_at = self.env.now
+            self._version += 1
+            run.version = self._version
+            self.env.timeout(max(run.remaining_s, 0.0)).callbacks.append(partial(self._done, lane, run.version))
 
     def _log(self, launch: Launch, solo_s: float) -> None:
         tl = self.timeline

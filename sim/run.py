@@ -49,6 +49,7 @@ class SimConfig:
     kv_return: str = "move"
     check_every: int = 0  # run scheduler invariant checks every N launches (0: never)
     record_timeline: bool = True
+    max_decode_steps: int = 64  # decode steps one simulated event may cover when nothing else is pending
 
     def __post_init__(self) -> None:
         if self.policy not in policy_names():
@@ -117,7 +118,8 @@ def build(cfg: SimConfig, env: simpy.Environment, block_size: int = 16) -> Clust
     def estimator_factory():
         return estimator_for(key, latency, contention, gpu, model, menu)
 
-    instances = [GpuInstance(env, i, s, latency, contention, gpu, model, cfg.record_timeline, cfg.check_every)
+    instances = [GpuInstance(env, i, s, latency, contention, gpu, model, cfg.record_timeline, cfg.check_every,
+                             cfg.max_decode_steps)
                  for i, s in enumerate(_schedulers(cfg, sched_cfg, estimator_factory))]
     return Cluster(env, instances, make_dispatcher(cfg.dispatcher), model.kv_bytes_per_token,
                    Link(cfg.link_gbps), cfg.kv_return)

@@ -50,6 +50,11 @@ class Launch:
     layer_start: int = 0  # prefill layers [layer_start, layer_end); a decode step always runs all layers
     layer_end: int = 0
     num_layers: int = 0  # model depth, so a backend knows whether the prefill chunk completes
+    # Decode steps run back to back (a scheduler asks for more than one only when nothing else is pending
+    # and its backend allows it, see SchedulerCore.max_decode_steps). A backend may stop early at a step
+    # boundary; it reports what ran by returning a copy with `num_steps` and each step's end time.
+    num_steps: int = 1
+    step_ends: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.lane not in LANES:
@@ -60,6 +65,8 @@ class Launch:
             raise ValueError(f"bad prefill layer range [{self.layer_start}, {self.layer_end}) of {self.num_layers}")
         if not self.decode_ids and not self.prefill:
             raise ValueError("empty launch")
+        if self.num_steps < 1 or (self.num_steps > 1 and self.prefill):
+            raise ValueError("only decode-only launches may run several steps")
 
     @property
     def prefill_completes(self) -> bool:

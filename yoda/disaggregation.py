@@ -60,6 +60,9 @@ class DisaggDecode(PrefillFirst):
         super().__init__(config, slo)
         self.incoming: list[RequestState] = []  # KV arrived, waiting for blocks here
 
+    def prefill_pending(self) -> bool:
+        return super().prefill_pending() or bool(self.incoming)
+
     def receive(self, state: RequestState, now: float) -> None:
         """A request whose KV finished moving here: it joins the decode batch at the next step."""
         self.states[state.id] = state

@@ -148,6 +148,9 @@ class GangScheduler(SchedulerCore):
             self.job, self.suspended = self.suspended, None  # resume the preempted long prefill
 
     # ---- decode -----------------------------------------------------------------------------------
+    def prefill_pending(self) -> bool:
+        return self._prefill_pending() or bool(self.ready) or any(s.in_flight for s in self.prefilling)
+
     def _prefill_pending(self) -> bool:
         return self.job is not None or self.suspended is not None or bool(self.waiting or self.late) or any(
             not s.in_flight and s.remaining_prefill > 0 for s in self.prefilling)

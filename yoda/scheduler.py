@@ -108,6 +108,8 @@ class SchedulerCore:
         self._batch_ids: tuple[int, ...] = ()
         self._batch_dirty = False
         self.decode_in_flight = False
+        # Backends that can run several decode steps per launch (the simulator) raise this; 1 = one step.
+        self.max_decode_steps = 1
 
     # ---- events ---------------------------------------------------------------------------------
     def on_arrival(self, request: Request, now: float) -> None:
@@ -126,7 +128,7 @@ class SchedulerCore:
     def on_launch_done(self, launch: Launch, now: float) -> None:
         self.num_steps += 1
         if launch.decode_ids:
-            self._decode_step_done(now)
+            self._decode_steps_done(launch.step_ends if launch.num_steps > 1 else (now,), now)
         if launch.prefill:
             self._advance_prefill(launch, now)
 
@@ -144,10 +146,10 @@ class SchedulerCore:
         if state.num_generated >= state.request.output_len:
             self._finish(state, now)
 
-    def _decode_step_done(self, now: float) -> None:
+    def _decode_steps_done(self, step_ends: Sequence[float], now: float) -> None:
         self.decode_in_flight = False
-        self.step_clock[0] += 1
-        self.step_times.append(now)
+        self.step_clock[0] += len(step_ends)
+        self.step_times.extend(step_ends)
         step, heap = self.step_clock[0], self._finish_heap
         while heap and heap[0][0] <= step:
             _, _, epoch, state = heapq.heappop(heap)
@@ -320,8 +322,28 @@ class SchedulerCore:
         return self.decode_kv_len if batch else 0
 
     def decode_launch(self, batch: tuple[int, ...], num_sms: int, lane: str = DECODE) -> Launch:
+        steps = self._quiet_steps() if self.max_decode_steps > 1 else 1
         kv_len = self._claim_batch(batch)
-        return Launch(lane, num_sms, decode_ids=batch, decode_kv_len=kv_len, num_layers=self.config.num_layers)
+        return Launch(lane, num_sms, decode_ids=batch, decode_kv_len=kv_len, num_layers=self.config.num_layers,
+                      num_steps=steps)
+
+    def prefill_pending(self) -> bool:
+        """Any prefill work queued, running or about to join decode (policies with more queues extend it)."""
+        return bool(self.waiting or self.prefilling or self.ready)
+
+    def _quiet_steps(self) -> int:
+        """Decode steps that can run back to back: none of them can change what the scheduler would do
+        (no prefill work, no request finishes and no KV block is needed before the last one). The backend
+        cuts the run short at a step boundary when something arrives."""
+        if self.prefill_pending():
+            return 1
+        clock = self.step_clock[0]
+        steps = self.max_decode_steps
+        if self._finish_heap:
+            steps = min(steps, self._finish_heap[0][0] - clock)
+        if self._grow_heap:
+            steps = min(steps, self._grow_heap[0][0] - clock)
+        return max(steps, 1)
 
     def prefill_launch(self, chunks: Sequence[PrefillChunk], num_sms: int, lane: str, layer_start: int = 0,
                        layer_end: int | None = None, batch: tuple[int, ...] = ()) -> Launch:

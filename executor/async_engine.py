@@ -1,0 +1,411 @@
+"""The online engine loop: one asyncio task owns a scheduler (policy core) and the Engine; HTTP handlers
+only `submit` and `abort`, and read tokens from their `Submission`.
+
+    aengine = AsyncEngine(scheduler, ServingEngine(model, pool, scheduler.kv, device), max_queue=256)
+    aengine.start()                                      # inside a running event loop
+    sub = aengine.submit(prompt_ids, max_tokens=16)      # QueueFullError when --max-queue are waiting
+    async for token_ids in sub.stream(): ...             # then sub.finish_reason: "length", "stop" or "abort"
+
+One loop iteration is the driver loop of yoda/backend.py: take in arrivals, poll finished launches
+(`on_launch_done`, deliver tokens), apply pending stops, ask `schedule(now, busy)` and start its launches.
+The clock is seconds since the loop started (time.monotonic). On the CPU a launch runs in a worker thread
+so HTTP handlers keep running meanwhile; nothing but this task touches the scheduler or the Engine.
+
+Early stops (EOS, client abort) use `SchedulerCore` internals, because the core has no abort API: a request
+is taken out only while no launch holds it (not `in_flight`, not in a running decode batch), from the
+queues it sits in, then `_finish` frees its KV. Recompute preemption re-adds the request to the Engine with
+prompt + generated tokens (the Engine only prefills up to its prompt length).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import AsyncIterator, Sequence
+
+import torch
+
+from executor.engine import Engine
+from executor.tokenizer import token_block_hashes
+from yoda.backend import Launch
+from yoda.request import Request
+
+log = logging.getLogger("yoda.serve")
+ABORTED = "aborted"
+TTFT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TBT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class QueueFullError(RuntimeError):
+    def __init__(self, queued: int, retry_after_s: int) -> None:
+        super().__init__(f"server overloaded: {queued} requests already queued; retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop stopped (shutdown or an internal error); no new work is accepted."""
+
+
+class Histogram:
+    """Cumulative-bucket histogram (Prometheus semantics), seconds."""
+
+    def __init__(self, buckets_s: Sequence[float]) -> None:
+        self.buckets_s = tuple(buckets_s)
+        self.counts = [0] * (len(self.buckets_s) + 1)  # last: +Inf
+        self.sum_s = 0.0
+        self.count = 0
+
+    def observe(self, value_s: float) -> None:
+        i = next((i for i, b in enumerate(self.buckets_s) if value_s <= b), len(self.buckets_s))
+        self.counts[i] += 1
+        self.sum_s += value_s
+        self.count += 1
+
+
+@dataclass(slots=True, eq=False)
+class Submission:
+    """One accepted request as its HTTP handler sees it. Tokens arrive on `events` (lists of ids), then None."""
+
+    request_id: int
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float
+    stop_ids: frozenset[int]
+    arrival_at: float
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    output_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "length", "stop", "abort" or "error"
+    error: str | None = None
+    cached_tokens: int = 0  # prompt tokens whose KV was reused
+    first_token_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    async def stream(self) -> AsyncIterator[list[int]]:
+        """New token ids as they come, until the request finishes."""
+        while True:
+            item = await self.events.get()
+            if item is None:
+                return
+            yield item
+
+
+class ServingEngine(Engine):
+    """Engine with one sampling temperature per request.
+
+    NOTE: overrides the private `Engine._sample`; the AsyncEngine sets `row_temperatures` (one per logits
+    row, in the Engine's row order: decode ids, then completing prefill chunks) before each `start`.
+    Ask for `Engine.add_request(..., temperature=)` to drop this.
+    """
+
+    row_temperatures: list[float] = []
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        temps = self.row_temperatures
+        if len(temps) != logits.shape[0]:
+            raise RuntimeError(f"sampling {logits.shape[0]} rows with {len(temps)} temperatures")
+        if not any(temps):
+            return logits.argmax(dim=-1)
+        t = torch.tensor(temps, dtype=logits.dtype, device=logits.device)
+        probs = torch.softmax(logits / t.clamp_min(1e-5)[:, None], dim=-1)
+        sampled = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+        return torch.where(t > 0, sampled, logits.argmax(dim=-1))
+
+
+class AsyncEngine:
+    def __init__(self, scheduler, engine: ServingEngine, max_queue: int = 256, max_model_len: int | None = None,
+                 check_every: int = 0) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        self.sched, self.engine = scheduler, engine
+        self.block_size = scheduler.config.block_size
+        self.max_queue = max_queue
+        self.kv_tokens = scheduler.config.kv_blocks * self.block_size
+        self.max_model_len = min(max_model_len or self.kv_tokens, self.kv_tokens)
+        self.check_every = check_every
+        self._t0 = time.monotonic()
+        self._next_id = 0
+        self._inbox: deque[Submission] = deque()
+        self._subs: dict[int, Submission] = {}
+        self._stops: dict[int, str] = {}  # request id -> "stop" | "abort", applied when no launch holds it
+        self._prior: dict[int, list[int]] = {}  # tokens generated before the last recompute (preemption)
+        self._engine_prompt_len: dict[int, int] = {}
+        self._busy: dict[str, Launch] = {}  # lane -> the scheduler's launch running there
+        self._engine_launch: dict[int, Launch] = {}  # id(launch given to the Engine) -> scheduler's launch
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="yoda-engine") if engine.device.type == "cpu" else None
+        self.dead: str | None = None
+        self.lane_sms = {"prefill": 0, "decode": 0}  # SMs the policy gave the latest launch on each lane
+        self.counts = {"accepted": 0, "finished": 0, "aborted": 0, "stopped": 0, "rejected_full": 0, "failed": 0}
+        self.num_prompt_tokens = self.num_output_tokens = 0
+        self.ttft = Histogram(TTFT_BUCKETS_S)
+        self.tbt = Histogram(TBT_BUCKETS_S)
+        self._finish_times: deque[float] = deque(maxlen=256)
+        self._num_iterations = 0
+
+    # ---- handler side (event loop thread, never inside the loop task's critical sections) ---------------
+    def now(self) -> float:
+        return time.monotonic() - self._t0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="yoda-engine-loop")
+
+    async def stop(self) -> None:
+        self.dead = self.dead or "server shutting down"
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    @property
+    def num_queued(self) -> int:
+        """Accepted requests not yet holding KV (the --max-queue bound applies to these)."""
+        return len(self._inbox) + len(self.sched.waiting) + len(getattr(self.sched, "late", ()))
+
+    @property
+    def busy_lanes(self) -> set[str]:
+        return set(self._busy)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._subs) - self.num_queued
+
+    def submit(self, prompt_ids: Sequence[int], max_tokens: int, temperature: float = 0.0,
+               stop_ids: Sequence[int] = ()) -> Submission:
+        """Accept a request or raise QueueFullError / EngineDeadError. Lengths must be checked already."""
+        if self.dead:
+            raise EngineDeadError(self.dead)
+        if self.num_queued >= self.max_queue:
+            self.counts["rejected_full"] += 1
+            raise QueueFullError(self.num_queued, self.retry_after_s())
+        if not prompt_ids or max_tokens < 1 or len(prompt_ids) + max_tokens > self.max_model_len:
+            raise ValueError("prompt and max_tokens must fit the model context")  # handlers check first
+        sub = Submission(self._next_id, list(prompt_ids), max_tokens, temperature, frozenset(stop_ids), self.now())
+        self._next_id += 1
+        self._inbox.append(sub)
+        self._subs[sub.request_id] = sub
+        self.counts["accepted"] += 1
+        self._wake.set()
+        return sub
+
+    def abort(self, request_id: int) -> None:
+        """Drop a request (client gone). Idempotent; its KV is freed as soon as no launch holds it."""
+        sub = self._subs.get(request_id)
+        if sub is None or sub.done:
+            return
+        self._stops.setdefault(request_id, "abort")
+        self._wake.set()
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue has probably drained by one bound's worth, from the recent finish rate."""
+        times = self._finish_times
+        if len(times) < 2 or times[-1] <= times[0]:
+            return 1
+        rate = (len(times) - 1) / (times[-1] - times[0])
+        return int(min(max(math.ceil(self.num_queued / rate), 1), 60))
+
+    def prefix_hit_rate(self) -> float:
+        kv = self.sched.kv
+        return kv.num_hit_tokens / kv.num_query_tokens if kv.num_query_tokens else 0.0
+
+    # ---- the loop task --------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            while not self.dead:
+                progressed = self._intake() | self._poll() | self._apply_stops()
+                launches = self._schedule()
+                for launch in launches:
+                    await self._start(launch)
+                self._num_iterations += 1
+                if self.check_every and self._num_iterations % self.check_every == 0:
+                    self.sched.check_invariants()
+                if launches or progressed:
+                    await asyncio.sleep(0)  # let handlers run between iterations
+                elif self.engine.num_in_flight:
+                    await asyncio.sleep(0 if self.engine.device.type == "cuda" else 0.0005)
+                else:  # idle until a handler wakes us; with work pending (nothing launchable) retry soon
+                    self._wake.clear()
+                    timeout = 0.05 if self.sched.has_work() or self._stops else None
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    except asyncio.TimeoutError:
+                        pass
+        except Exception as e:  # noqa: BLE001 - every accepted request must still get an answer
+            log.exception("engine loop failed")
+            self.dead = f"engine loop failed: {type(e).__name__}: {e}"
+        for sub in list(self._subs.values()):
+            self._close(sub, "error" if not self.dead.startswith("server shutting") else "abort", self.dead)
+
+    def _intake(self) -> bool:
+        if not self._inbox:
+            return False
+        while self._inbox:
+            sub = self._inbox.popleft()
+            if self._stops.pop(sub.request_id, None):  # aborted before it reached the scheduler
+                self._close(sub, "abort")
+                continue
+            request = Request(sub.request_id, sub.arrival_at, len(sub.prompt_ids), sub.max_tokens,
+                              block_hashes=token_block_hashes(sub.prompt_ids, self.block_size),
+                              hash_block_size=self.block_size)
+            self.engine.add_request(sub.request_id, sub.prompt_ids)
+            self._engine_prompt_len[sub.request_id] = len(sub.prompt_ids)
+            self.sched.on_arrival(request, sub.arrival_at)
+            record = self.sched.records[-1]
+            if record.rejected_reason is not None:
+                self._close(sub, "error", record.rejected_reason)
+            self.num_prompt_tokens += len(sub.prompt_ids)
+        return True
+
+    def _poll(self) -> bool:
+        done = self.engine.poll(self.now())
+        for engine_launch, finished_at in done:
+            launch = self._engine_launch.pop(id(engine_launch))
+            del self._busy[launch.lane]
+            self.sched.on_launch_done(launch, finished_at)
+            for rid in dict.fromkeys([*launch.decode_ids, *(c.request_id for c in launch.prefill)]):
+                self._deliver(rid)
+        return bool(done)
+
+    def _deliver(self, rid: int) -> None:
+        sub = self._subs.get(rid)
+        if sub is None or sub.done:
+            return
+        full = self._prior.get(rid, []) + self.engine.output_tokens(rid)
+        new = full[len(sub.output_ids):]
+        if new and rid not in self._stops:
+            stop_at = next((i for i, t in enumerate(new) if t in sub.stop_ids), None)
+            if stop_at is not None:
+                new = new[:stop_at + 1]
+                self._stops[rid] = "stop"
+            if sub.first_token_at is None:
+                sub.first_token_at = self.now()
+            sub.output_ids.extend(new)
+            sub.events.put_nowait(new)
+        if rid not in self.sched.states and rid not in self._stops:
+            self._close(sub, "length")
+
+    def _apply_stops(self) -> bool:
+        progressed = False
+        for rid, reason in list(self._stops.items()):
+            sub = self._subs.get(rid)
+            if sub is None or rid not in self._engine_prompt_len:  # not taken in yet: _intake handles it
+                if sub is None:
+                    del self._stops[rid]
+                continue
+            if self._remove_from_scheduler(rid, aborted=reason == "abort"):
+                del self._stops[rid]
+                self._close(sub, reason)
+                progressed = True
+        return progressed
+
+    def _remove_from_scheduler(self, rid: int, aborted: bool) -> bool:
+        """Take a request out of the scheduler (freeing its KV) if no launch holds it; False: try later."""
+        sched = self.sched
+        state = sched.states.get(rid)
+        if state is None:
+            return True
+        if state.in_flight or (state.step_clock is not None and sched.decode_in_flight):
+            return False
+        for name in ("waiting", "late", "prefilling"):
+            queue = getattr(sched, name, None)
+            if queue is not None and state in queue:
+                queue.remove(state)
+        sched._finish(state, self.now())  # leaves the decode batch, frees KV, drops it from `ready`
+        getattr(sched, "_prefill_est", {}).pop(rid, None)
+        if aborted:
+            state.record.rejected_reason = ABORTED
+        return True
+
+    def _close(self, sub: Submission, reason: str, error: str | None = None) -> None:
+        """Finish a submission exactly once: final event, metrics, Engine state freed."""
+        if sub.done:
+            return
+        sub.finish_reason, sub.error = reason, error
+        sub.events.put_nowait(None)
+        rid = sub.request_id
+        self._subs.pop(rid, None)
+        self._prior.pop(rid, None)
+        if self._engine_prompt_len.pop(rid, None) is not None and rid not in self._busy_ids():
+            self.engine.free(rid)
+        key = {"length": "finished", "stop": "stopped", "abort": "aborted"}.get(reason, "failed")
+        self.counts[key] += 1
+        self.num_output_tokens += len(sub.output_ids)
+        record = next((r for r in reversed(self.sched.records) if r.request_id == rid), None)
+        if record is not None and reason in ("length", "stop"):
+            sub.cached_tokens = record.reused_len
+            self._observe(record.token_at, record.arrival_at)
+        self._finish_times.append(self.now())
+        self._trim_records()
+
+    def _observe(self, token_at: list[float], arrival_at: float) -> None:
+        if token_at:
+            self.ttft.observe(token_at[0] - arrival_at)
+        for a, b in zip(token_at, token_at[1:]):
+            self.tbt.observe(b - a)
+
+    def _trim_records(self) -> None:
+        records = self.sched.records
+        if len(records) > 2 * len(self._subs) + 1024:  # finished records are only needed for metrics
+            records[:] = [r for r in records if r.finished_at is None or r.request_id in self._subs]
+
+    def _busy_ids(self) -> set[int]:
+        return {rid for l in self._busy.values() for rid in (*l.decode_ids, *(c.request_id for c in l.prefill))}
+
+    # ---- launching ------------------------------------------------------------------------------------
+    def _schedule(self) -> Sequence[Launch]:
+        if not self.sched.has_work():
+            return ()
+        return self.sched.schedule(self.now(), dict(self._busy))
+
+    async def _start(self, launch: Launch) -> None:
+        for chunk in launch.prefill:
+            if launch.layer_start == 0:
+                self._sync_recompute(chunk.request_id)
+        engine_launch = replace(launch, num_sms=self._engine_sms(launch))
+        self.engine.row_temperatures = self._row_temperatures(launch)
+        self._busy[launch.lane] = launch
+        self._engine_launch[id(engine_launch)] = launch
+        self.lane_sms[launch.lane] = launch.num_sms
+        now = self.now()
+        if self._pool is None:
+            self.engine.start(engine_launch, now)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self.engine.start, engine_launch, now)
+
+    def _sync_recompute(self, rid: int) -> None:
+        """After a recompute preemption the scheduler prefills prompt + generated tokens: give the Engine
+        that longer prompt (it emits the next token when the prefill reaches its prompt length)."""
+        state = self.sched.states[rid]
+        if self._engine_prompt_len[rid] == state.target_len:
+            return
+        sub = self._subs[rid]
+        kept = (self._prior.get(rid, []) + self.engine.output_tokens(rid))[:state.num_generated]
+        self.engine.free(rid)
+        self.engine.add_request(rid, sub.prompt_ids + kept)
+        self._prior[rid] = kept
+        self._engine_prompt_len[rid] = len(sub.prompt_ids) + len(kept)
+        assert self._engine_prompt_len[rid] == state.target_len, "recompute length mismatch"
+
+    def _row_temperatures(self, launch: Launch) -> list[float]:
+        rows = list(launch.decode_ids)
+        if launch.prefill_completes:
+            rows += [c.request_id for c in launch.prefill if c.end_len == self._engine_prompt_len[c.request_id]]
+        return [self._subs[rid].temperature if rid in self._subs else 0.0 for rid in rows]
+
+    def _engine_sms(self, launch: Launch) -> int:
+        """The Engine's partition nearest the policy's choice: prefill rounds down, decode up (so a pair
+        the policy keeps within the GPU stays disjoint on the Engine's menu)."""
+        options = self.engine.partitions.sm_options(launch.lane)
+        if launch.num_sms in options or not self.engine.partitions.is_partitioned:
+            return launch.num_sms
+        if launch.lane == "prefill":
+            return max((s for s in options if s <= launch.num_sms), default=options[0])
+        return min((s for s in options if s >= launch.num_sms), default=options[-1])

@@ -1,0 +1,476 @@
+"""An HTTP router over several OpenAI-compatible servers, dispatching with the policy core's dispatchers.
+
+    yoda router --instances http://127.0.0.1:8001,http://127.0.0.1:8002 --port 9000 --dispatcher slo_aware
+
+Each instance is seen through a `_RemoteView` shaped like a scheduler, so `yoda.dispatcher` runs unchanged:
+queued prefill tokens = prompt tokens sent there whose first token has not come back; decode load =
+requests streaming from there; KV reuse = a local record of the prompt blocks (prefix-chained hashes of
+16-token blocks) already sent there, for session affinity; free KV from the instance's /health. Text
+prompts are hashed as UTF-8 bytes (their length counts bytes), chat prompts after the plain chat join.
+
+The router always streams from instances (with `return_token_ids`) and re-sends on failure: an instance
+that refuses connections, errors, or stops answering /health is taken out (back in when /health answers)
+and its requests go elsewhere. A request that already streamed tokens continues on another instance as a
+completion of prompt + tokens so far (the client sees one uninterrupted stream: greedy outputs are identical,
+sampled ones remain valid samples). 429s from every instance become a 429 with the smallest Retry-After.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from contextlib import aclosing, asynccontextmanager
+from types import SimpleNamespace
+from typing import Any, AsyncIterator
+
+import httpx
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from executor.tokenizer import fallback_chat_text, token_block_hashes
+from yoda.dispatcher import make_dispatcher
+from yoda.kv_cache import chain_keys
+from yoda.request import Request
+
+BLOCK_SIZE = 16
+MAX_SERVED_BLOCKS = 1 << 18  # per instance record of prompt blocks sent there (LRU)
+FAILURES_TO_DOWN = 2
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """OpenAI-style error body (as executor.server writes it; kept here so the router needs no torch)."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
+                        status_code=status, headers=headers)
+
+
+class Instance:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.healthy = True  # until a check or a request says otherwise
+        self.failures = 0
+        self.pending_prefill = 0  # prompt tokens sent whose first token has not come back
+        self.running = 0  # requests streaming tokens
+        self.kv_free_blocks: int | None = None
+        self.served: OrderedDict[int, None] = OrderedDict()
+        self.num_dispatched = self.num_failed = 0
+
+    def mark_down(self) -> None:
+        self.healthy, self.failures = False, max(self.failures, FAILURES_TO_DOWN)
+
+    def remember(self, chain: list[int]) -> None:
+        for key in chain:
+            self.served[key] = None
+            self.served.move_to_end(key)
+        while len(self.served) > MAX_SERVED_BLOCKS:
+            self.served.popitem(last=False)
+
+
+class _RemoteKV:
+    def __init__(self, inst: Instance) -> None:
+        self.inst = inst
+        self.num_free_blocks = inst.kv_free_blocks if inst.kv_free_blocks is not None else 1 << 30
+
+    def match_prefix(self, chain: list[int]) -> int:
+        n = 0
+        for key in chain:
+            if key not in self.inst.served:
+                break
+            n += 1
+        return n
+
+    @staticmethod
+    def blocks_for(num_tokens: int) -> int:
+        return -(-num_tokens // BLOCK_SIZE)
+
+
+def _view(inst: Instance) -> SimpleNamespace:
+    """What yoda.dispatcher reads of a scheduler, for a remote instance."""
+    waiting = [SimpleNamespace(target_len=inst.pending_prefill)] if inst.pending_prefill else []
+    return SimpleNamespace(config=SimpleNamespace(block_size=BLOCK_SIZE), kv=_RemoteKV(inst), waiting=waiting,
+                           prefilling=[], decoding=range(inst.running))
+
+
+class NoInstance(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers, self.body = status, message, headers, body
+
+
+class Router:
+    def __init__(self, urls: list[str], dispatcher: str = "slo_aware", health_interval_s: float = 0.5) -> None:
+        if not urls:
+            raise ValueError("--instances needs at least one URL")
+        if health_interval_s <= 0:
+            raise ValueError(f"--health-interval-s must be > 0, got {health_interval_s}")
+        self.instances = [Instance(u) for u in urls]
+        self.dispatcher = make_dispatcher(dispatcher)
+        self.health_interval_s = health_interval_s
+        self.client: httpx.AsyncClient | None = None
+        self._next_id = 0
+        self.num_resent = 0  # requests sent again after an instance failed or refused them
+        self.num_resumed = 0  # of those, streams continued from the tokens already sent
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0), limits=limits)
+        self._task = asyncio.get_running_loop().create_task(self._health_loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.client is not None:
+            await self.client.aclose()
+
+    # ---- health -----------------------------------------------------------------------------------------
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self._check(i) for i in self.instances))
+            await asyncio.sleep(self.health_interval_s)
+
+    async def _check(self, inst: Instance) -> None:
+        try:
+            resp = await self.client.get(f"{inst.url}/health", timeout=max(1.0, 2 * self.health_interval_s))
+            ok = resp.status_code == 200
+            info = resp.json() if ok and resp.headers.get("content-type", "").startswith("application/json") else {}
+        except (httpx.HTTPError, ValueError):
+            ok, info = False, {}
+        if ok:
+            inst.healthy, inst.failures = True, 0
+            inst.kv_free_blocks = info.get("kv_free_blocks", inst.kv_free_blocks)
+        else:
+            inst.failures += 1
+            inst.healthy = inst.failures < FAILURES_TO_DOWN
+
+    # ---- dispatch ---------------------------------------------------------------------------------------
+    def routing_request(self, body: dict) -> Request:
+        """A policy-core Request standing for `body` (token ids, or UTF-8 bytes of text, for prefix hashes)."""
+        prompt = body.get("prompt")
+        if "messages" in body:
+            messages = [{"role": m.get("role"), "content": m.get("content") if isinstance(m.get("content"), str)
+                         else "".join(p.get("text", "") for p in m.get("content") or [])}
+                        for m in body["messages"] if isinstance(m, dict)]
+            prompt = fallback_chat_text(messages)
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]
+        ids = list(prompt.encode("utf-8")) if isinstance(prompt, str) else (
+            prompt if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt) else [])
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        max_tokens = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 16
+        self._next_id += 1
+        return Request(self._next_id, time.monotonic(), max(len(ids), 1), max_tokens,
+                       block_hashes=token_block_hashes(ids, BLOCK_SIZE), hash_block_size=BLOCK_SIZE)
+
+    def pick(self, request: Request, exclude: set[int]) -> Instance | None:
+        candidates = [i for i, inst in enumerate(self.instances) if inst.healthy and i not in exclude]
+        if not candidates:
+            return None
+        views = [_view(self.instances[i]) for i in candidates]
+        return self.instances[candidates[self.dispatcher.pick(request, views, 0.0)]]
+
+    async def events(self, path: str, body: dict, request: Request) -> AsyncIterator[dict]:
+        """Stream events of one request from the instances, failing over until it completes.
+        Raises NoInstance when it could not start anywhere (503/429, or an instance's 4xx to pass on)."""
+        st = _StreamState(chat=path.endswith("chat/completions"))
+        tried: set[int] = set()
+        retry_after: list[int] = []
+        chain = chain_keys(request.block_keys(BLOCK_SIZE))
+        while True:
+            inst = self.pick(request, tried)
+            if inst is None:
+                if st.started:
+                    yield {"error": {"message": "every instance failed while streaming this request", "code": 503}}
+                    return
+                if retry_after:
+                    raise NoInstance(429, "every instance is overloaded", {"Retry-After": str(min(retry_after))})
+                raise NoInstance(503, "no healthy instance")
+            self.num_resent += bool(tried)
+            tried.add(self.instances.index(inst))
+            forward = self._forward(path, body, st)
+            if isinstance(forward, dict):  # nothing left to ask for, or no way to resume
+                yield forward
+                return
+            inst.remember(chain)
+            inst.num_dispatched += 1
+            outcome: tuple = ("fail", "no answer")
+            async with aclosing(self._attempt(inst, *forward, request.prompt_len)) as attempt:
+                async for kind, value in attempt:
+                    if kind == "event":
+                        yield st.accept(value, resumed=forward[0] != path)
+                    else:
+                        outcome = (kind, value)
+            kind, value = outcome
+            if kind == "done":
+                return
+            if kind == "status" and value[0] == 429:
+                retry_after.append(_seconds(value[1].get("retry-after")))
+            elif kind == "status" and 400 <= value[0] < 500 and not st.started:
+                raise NoInstance(value[0], "instance rejected the request", body=value[2])
+
+    def _forward(self, path: str, body: dict, st: "_StreamState") -> tuple[str, dict] | dict:
+        """(path, body) of the next attempt: the request itself, or after streamed tokens its continuation
+        (a completion of prompt + tokens so far); or a final event to send instead."""
+        if not st.started:
+            return path, {**body, "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True}
+        if st.prompt_ids is None:
+            return {"error": {"message": "instance failed mid-stream and gave no token ids to resume", "code": 502}}
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 16
+        left = max_tokens - len(st.sent)
+        if left <= 0:  # every requested token was already sent
+            return st.rewrite({"choices": [{"index": 0, "text": "", "token_ids": [], "finish_reason": "length"}]})
+        self.num_resumed += 1
+        out = {"model": body.get("model"), "prompt": st.prompt_ids + st.sent, "max_tokens": left, "stream": True,
+               "stream_options": {"include_usage": True}, "return_token_ids": True,
+               "ignore_eos": bool(body.get("ignore_eos", False))}
+        if body.get("temperature") is not None:
+            out["temperature"] = body["temperature"]
+        return "/v1/completions", out
+
+    async def _attempt(self, inst: Instance, path: str, body: dict, prompt_len: int):
+        """("event", dict)* then one of ("done", None), ("status", (code, headers, json)), ("fail", reason).
+        Gives up on the instance when it is marked down while we wait for its next event."""
+        queue: asyncio.Queue = asyncio.Queue()
+        task = asyncio.get_running_loop().create_task(self._produce(inst, path, body, queue))
+        inst.pending_prefill += prompt_len
+        streaming = False
+        try:
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(queue.get(), self.health_interval_s)
+                except asyncio.TimeoutError:
+                    if not inst.healthy:
+                        inst.num_failed += 1
+                        yield "fail", "instance down"
+                        return
+                    continue
+                if kind == "event" and not streaming:
+                    streaming = True
+                    inst.pending_prefill -= prompt_len
+                    inst.running += 1
+                if kind == "fail":
+                    inst.num_failed += 1
+                yield kind, value
+                if kind != "event":
+                    return
+        finally:
+            task.cancel()
+            if streaming:
+                inst.running -= 1
+            else:
+                inst.pending_prefill -= prompt_len
+
+    async def _produce(self, inst: Instance, path: str, body: dict, queue: asyncio.Queue) -> None:
+        try:
+            async with self.client.stream("POST", inst.url + path, json=body) as resp:
+                if resp.status_code != 200:
+                    raw = await resp.aread()
+                    try:
+                        payload = json.loads(raw)
+                    except ValueError:
+                        payload = {"error": {"message": raw.decode("utf-8", "replace")[:300], "code": resp.status_code}}
+                    if resp.status_code >= 500:
+                        inst.mark_down() if resp.status_code == 503 else None
+                        queue.put_nowait(("fail", f"http {resp.status_code}"))
+                    else:
+                        queue.put_nowait(("status", (resp.status_code, dict(resp.headers), payload)))
+                    return
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        queue.put_nowait(("done", None))
+                        return
+                    event = json.loads(data)
+                    if "error" in event:
+                        queue.put_nowait(("fail", str(event["error"])))
+                        return
+                    queue.put_nowait(("event", event))
+            queue.put_nowait(("fail", "stream ended without [DONE]"))
+        except (httpx.HTTPError, ValueError, OSError) as e:
+            if isinstance(e, httpx.TransportError):
+                inst.mark_down()
+            queue.put_nowait(("fail", f"{type(e).__name__}: {e}"))
+
+
+def _seconds(header: str | None) -> int:
+    try:
+        return max(int(header or 1), 1)
+    except ValueError:  # an HTTP date: retry soon
+        return 1
+
+
+@dataclass
+class _StreamState:
+    """What the client has seen of one request, so another instance can take over the stream."""
+
+    chat: bool
+    sent: list[int] = field(default_factory=list)  # output token ids already sent
+    prompt_ids: list[int] | None = None  # from the first chunk's prompt_token_ids
+    first: dict | None = None  # the first event sent: its id, created and object are kept throughout
+
+    @property
+    def started(self) -> bool:
+        return self.first is not None
+
+    def accept(self, event: dict, resumed: bool) -> dict:
+        """Record an instance's event and return it as the client should see it."""
+        choice = (event.get("choices") or [{}])[0]
+        if self.prompt_ids is None and choice.get("prompt_token_ids") is not None:
+            self.prompt_ids = list(choice["prompt_token_ids"])
+        if self.first is None:
+            self.first = event
+        elif resumed or event.get("id") != self.first.get("id"):
+            event = self.rewrite(event)
+        self.sent.extend(choice.get("token_ids") or [])
+        return event
+
+    def rewrite(self, event: dict) -> dict:
+        """A continuation's completion chunk as a chunk of the original stream (same id, chat shape)."""
+        first = self.first or {}
+        out = {**event, "id": first.get("id", event.get("id")), "created": first.get("created", event.get("created")),
+               "object": first.get("object", event.get("object"))}
+        choices = []
+        for c in event.get("choices") or []:
+            c = {k: v for k, v in c.items() if k != "prompt_token_ids"}
+            if self.chat and "text" in c:
+                c = {"index": 0, "delta": {"content": c.pop("text")}, "finish_reason": c.get("finish_reason"),
+                     "token_ids": c.get("token_ids")}
+            choices.append(c)
+        out["choices"] = choices
+        usage = event.get("usage")
+        if usage and self.prompt_ids is not None:
+            out["usage"] = {**usage, "prompt_tokens": len(self.prompt_ids), "completion_tokens": len(self.sent),
+                            "total_tokens": len(self.prompt_ids) + len(self.sent)}
+        return out
+
+
+# ---- the HTTP app -----------------------------------------------------------------------------------------
+def _client_view(event: dict, want_ids: bool) -> dict:
+    if want_ids:
+        return event
+    choices = [{k: v for k, v in c.items() if k not in ("token_ids", "prompt_token_ids")} for c in event["choices"]]
+    return {**event, "choices": choices}
+
+
+def _aggregate(events: list[dict], chat: bool, want_ids: bool) -> dict:
+    """One non-streaming response from the stream's chunks."""
+    first = events[0] if events else {}
+    text, ids, finish, usage, prompt_ids = [], [], "length", None, None
+    for event in events:
+        usage = event.get("usage") or usage
+        for c in event.get("choices") or []:
+            text.append(c.get("text") or (c.get("delta") or {}).get("content") or "")
+            ids.extend(c.get("token_ids") or [])
+            prompt_ids = c.get("prompt_token_ids", prompt_ids)
+            finish = c.get("finish_reason") or finish
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": "".join(text)}
+    else:
+        choice.update(text="".join(text), logprobs=None)
+    if want_ids:
+        choice.update(token_ids=ids, prompt_token_ids=prompt_ids)
+    return {"id": first.get("id"), "object": "chat.completion" if chat else "text_completion",
+            "created": first.get("created", int(time.time())), "model": first.get("model"), "choices": [choice],
+            "usage": usage}
+
+
+def create_router_app(router: Router) -> FastAPI:
+    async def lifespan(app: FastAPI):
+        await router.start()
+        yield
+        await router.stop()
+
+    app = FastAPI(title="yoda router", lifespan=asynccontextmanager(lifespan))
+
+    async def proxy(http: HttpRequest, path: str):
+        try:
+            body = json.loads(await http.body())
+        except ValueError as e:
+            return error_response(400, f"request body is not valid JSON: {e}")
+        if not isinstance(body, dict):
+            return error_response(400, "request body must be a JSON object")
+        chat = path.endswith("chat/completions")
+        want_ids = bool(body.get("return_token_ids"))
+        options = body.get("stream_options")
+        want_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        events = router.events(path, body, router.routing_request(body))
+        try:
+            first = await events.__anext__()
+        except NoInstance as e:
+            if e.body is not None:
+                return JSONResponse(e.body, status_code=e.status)
+            return error_response(e.status, e.message, headers=e.headers)
+        except StopAsyncIteration:
+            return error_response(502, "instance closed the stream without output")
+        if body.get("stream"):
+            return StreamingResponse(_sse(first, events, want_ids, want_usage), media_type="text/event-stream")
+        collected = [first]
+        async for event in events:
+            collected.append(event)
+        errors = [e for e in collected if "error" in e]
+        if errors:
+            return error_response(502, str(errors[0]["error"].get("message")))
+        return _aggregate(collected, chat, want_ids)
+
+    async def _sse(first: dict, events: AsyncIterator[dict], want_ids: bool, want_usage: bool):
+        try:
+            event: dict | None = first
+            while event is not None:
+                if "error" in event:
+                    yield f"data: {json.dumps(event)}\n\n"
+                    break
+                if event.get("choices") or want_usage:
+                    yield f"data: {json.dumps(_client_view(event, want_ids))}\n\n"
+                event = await anext(events, None)
+            yield "data: [DONE]\n\n"
+        finally:
+            await events.aclose()
+
+    @app.post("/v1/completions")
+    async def completions(http: HttpRequest):
+        return await proxy(http, "/v1/completions")
+
+    @app.post("/v1/chat/completions")
+    async def chat(http: HttpRequest):
+        return await proxy(http, "/v1/chat/completions")
+
+    @app.get("/v1/models")
+    async def models():
+        for inst in router.instances:
+            if inst.healthy:
+                try:
+                    resp = await router.client.get(f"{inst.url}/v1/models", timeout=5.0)
+                    return JSONResponse(resp.json(), status_code=resp.status_code)
+                except (httpx.HTTPError, ValueError):
+                    inst.mark_down()
+        return error_response(503, "no healthy instance")
+
+    @app.get("/health")
+    async def health():
+        up = any(i.healthy for i in router.instances)
+        body = {"status": "ok" if up else "no healthy instance", "instances": [
+            {"url": i.url, "healthy": i.healthy, "pending_prefill_tokens": i.pending_prefill, "running": i.running}
+            for i in router.instances]}
+        return JSONResponse(body, status_code=200 if up else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics():
+        lines = []
+        for name, kind, get in (("yoda_router_instance_up", "gauge", lambda i: int(i.healthy)),
+                                ("yoda_router_pending_prefill_tokens", "gauge", lambda i: i.pending_prefill),
+                                ("yoda_router_running_requests", "gauge", lambda i: i.running),
+                                ("yoda_router_dispatched_total", "counter", lambda i: i.num_dispatched),
+                                ("yoda_router_failed_total", "counter", lambda i: i.num_failed)):
+            lines.append(f"# TYPE {name} {kind}")
+            lines += [f'{name}{{instance="{i.url}"}} {get(i)}' for i in router.instances]
+        lines += ["# TYPE yoda_router_resent_total counter", f"yoda_router_resent_total {router.num_resent}",
+                  "# TYPE yoda_router_resumed_total counter", f"yoda_router_resumed_total {router.num_resumed}"]
+        return "\n".join(lines) + "\n"
+
+    return app
