@@ -22,13 +22,14 @@ class GoodputResult:
 
 
 def fleet_ok(metrics: dict) -> bool:
-    """Headline criterion: P99 TTFT and P99 TBT both within target, nothing rejected."""
-    return bool(metrics["fleet_slo_met"])
+    """Headline criterion: P99 TTFT and P99 TBT both within target, nothing rejected, and the system
+    stable (queues not growing: P99 over all token gaps alone would hide requests left waiting)."""
+    return bool(metrics["fleet_slo_met"]) and bool(metrics.get("stable", True))
 
 
 def attainment_ok(metrics: dict, threshold: float = 0.9) -> bool:
-    """Request-level variant: at least `threshold` of requests meet TTFT and TPOT."""
-    return metrics["slo_attainment"] >= threshold and metrics["rejected"] == 0
+    """Request-level variant: at least `threshold` of requests meet TTFT and TPOT, system stable."""
+    return metrics["slo_attainment"] >= threshold and metrics["rejected"] == 0 and bool(metrics.get("stable", True))
 
 
 def search_goodput(run: RunAtRate, slo: SLO, start_rps: float, *, criterion: str = "fleet",
@@ -44,7 +45,7 @@ def search_goodput(run: RunAtRate, slo: SLO, start_rps: float, *, criterion: str
         metrics = compute_metrics(run(rate), slo)
         ok = ok_fn(metrics)
         result.probes.append({"rate_rps": rate, "ok": ok, **{k: metrics[k] for k in (
-            "slo_ttft_at_percentile_ms", "slo_ttft_ratio_at_percentile", "slo_tbt_at_percentile_ms", "slo_attainment", "completed", "rejected")}})
+            "slo_ttft_at_percentile_ms", "slo_ttft_ratio_at_percentile", "slo_tbt_at_percentile_ms", "slo_attainment", "completed", "rejected", "e2e_trend")}})
         if on_probe:
             on_probe(rate, metrics)
         return ok

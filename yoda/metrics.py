@@ -40,6 +40,31 @@ def request_meets_slo(record: RequestRecord, slo: SLO) -> bool:
     return record.ttft_s <= slo.ttft_target_s(record.prompt_len) and (tpot is None or tpot <= slo.tbt_s)
 
 
+def e2e_trend(records: Sequence[RequestRecord]) -> float:
+    """Mean E2E of the last 10% of arrivals over that of the middle 20%: about 1 when the system is in
+    steady state, growing with the queue when it cannot keep up (rejections count as unfinished)."""
+    done = sorted((r for r in records if r.finished), key=lambda r: r.arrival_at)
+    if len(done) < 20:
+        return 1.0
+    n = len(done)
+    middle = [r.e2e_s for r in done[int(0.4 * n):int(0.6 * n)]]
+    last = [r.e2e_s for r in done[int(0.9 * n):]]
+    return float(np.mean(last) / max(np.mean(middle), 1e-9))
+
+
+# A run is stable (queues not growing) when late arrivals wait at most this much longer than mid-run
+# ones, and requests complete at no less than this share of the offered rate (a burst that the system
+# drains long after the last arrival is not a sustainable rate, even if P99 over all gaps looks fine).
+STABLE_E2E_TREND = 2.0
+STABLE_THROUGHPUT_RATIO = 0.5
+
+
+def offered_rate(records: Sequence[RequestRecord]) -> float:
+    arrivals = sorted(r.arrival_at for r in records)
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+    return (len(arrivals) - 1) / span if span > 0 else float("inf")
+
+
 def compute_metrics(records: Sequence[RequestRecord], slo: SLO) -> dict[str, float | int | bool]:
     """Everything a results JSON reports about one run."""
     done = [r for r in records if r.finished]
@@ -83,8 +108,12 @@ def compute_metrics(records: Sequence[RequestRecord], slo: SLO) -> dict[str, flo
         "slo_tbt_at_percentile_ms": p_tbt,
         "slo_attainment": sum(request_meets_slo(r, slo) for r in records) / max(len(records), 1),
         "fleet_slo_met": bool(done) and not rejected and p_ttft_ratio <= 1.0 and p_tbt <= slo.tbt_ms,
+        "e2e_trend": e2e_trend(records),
         "num_preemptions": sum(r.num_preemptions for r in records),
         "reused_prompt_tokens": sum(r.reused_len for r in done),
         "kv_reuse_fraction": sum(r.reused_len for r in done) / max(in_tokens, 1),
     }
+    res["offered_rate"] = offered_rate(records)
+    res["throughput_ratio"] = res["request_throughput"] / res["offered_rate"] if records else 1.0
+    res["stable"] = res["e2e_trend"] <= STABLE_E2E_TREND and res["throughput_ratio"] >= STABLE_THROUGHPUT_RATIO
     return res
