@@ -77,6 +77,7 @@ class GangScheduler(SchedulerCore):
         self._split_memo: dict[tuple[int, int, int, int], int | None] = {}
         self._prefill_est: dict[int, tuple[int, float]] = {}
         self._mix_memo: dict[tuple[int, int], int] = {}
+        self._chain_sets: dict[int, frozenset[int]] = {}
         self._desired_decode_sms = 0  # what the last decode choice wanted (before any squeeze)
 
     # ---- public estimates (dispatcher) ----------------------------------------------------------------
@@ -144,6 +145,7 @@ class GangScheduler(SchedulerCore):
         if launch.prefill_completes:
             for chunk in launch.prefill:
                 self._prefill_est.pop(chunk.request_id, None)
+                self._chain_sets.pop(chunk.request_id, None)
         if launch.lane == PREFILL and launch.prefill_completes and self.job is None and self.suspended is not None:
             self.job, self.suspended = self.suspended, None  # resume the preempted long prefill
 
@@ -297,8 +299,13 @@ class GangScheduler(SchedulerCore):
 
     def _new_job(self, now: float, token_budget: int | None = None) -> PrefillJob | None:
         room = self.config.max_batch - len(self.decoding) - len(self.ready)
-        if room > len(self.prefilling):
-            self._admit_by_slack(now, room - len(self.prefilling))
+        # Admit just in time: only when the admitted prefills cannot fill this job. A request admitted
+        # early matches the prefix cache as it is now, and would recompute a shared prefix (a document,
+        # a previous turn) that a request ahead of it is still computing.
+        admitted = sum(s.remaining_prefill for s in self.prefilling if not s.in_flight)
+        budget = (token_budget or self.opts.prefill_tokens) - admitted
+        if room > len(self.prefilling) and budget > 0:
+            self._admit_by_slack(now, room - len(self.prefilling), budget)
         idle = sorted((s for s in self.prefilling if not s.in_flight), key=lambda s: self._slack_key(s, now))
         chunks = self.prefill_chunks(idle, token_budget or self.opts.prefill_tokens)
         if not chunks:
@@ -315,7 +322,7 @@ class GangScheduler(SchedulerCore):
         deadline = self._deadline(state)
         return (deadline - now < self._solo_prefill_s(state), deadline, state.order)
 
-    def _admit_by_slack(self, now: float, max_requests: int) -> None:
+    def _admit_by_slack(self, now: float, max_requests: int, token_budget: int) -> None:
         """Admit in TTFT-deadline order; requests that already missed their TTFT wait in `late` and go
         only when no request that can still make it is waiting. With one TTFT target arrival order is
         deadline order; with length-scaled targets the head of the queue is re-sorted by deadline (a short
@@ -329,11 +336,37 @@ class GangScheduler(SchedulerCore):
                 self.waiting.popleft()
             self.waiting.extendleft(reversed(head))
         if self.waiting:
-            self.admit_waiting(now, self.opts.prefill_tokens, max_requests)
+            deferred = self._defer_shared_prefixes()
+            self.admit_waiting(now, token_budget, max_requests)
+            self.waiting.extendleft(reversed(deferred))
         elif self.late:
             self.waiting, self.late = self.late, self.waiting
-            self.admit_waiting(now, self.opts.prefill_tokens, max_requests)
+            self.admit_waiting(now, token_budget, max_requests)
             self.waiting, self.late = self.late, self.waiting
+
+    def _defer_shared_prefixes(self) -> list[RequestState]:
+        """Take out of the queue head the requests whose next uncached prefix block is being computed by
+        an admitted prefill: waiting for it turns a recompute of the shared prefix (a document, an earlier
+        turn, a system prompt) into a cache hit. Returned in queue order, to be put back."""
+        computing = [s for s in self.prefilling if s.remaining_prefill > 0 and s.chain]
+        if not computing:
+            return []
+        keys = set().union(*(self._chain_set(s) for s in computing))
+        deferred = []
+        for state in list(itertools.islice(self.waiting, self.NEED_SCAN)):
+            hit = self.kv.match_prefix(state.chain)
+            if hit < len(state.chain) and state.chain[hit] in keys:
+                deferred.append(state)
+        for state in deferred:
+            self.waiting.remove(state)
+        self.counters["prefix_deferrals"] += len(deferred)
+        return deferred
+
+    def _chain_set(self, state: RequestState) -> frozenset[int]:
+        found = self._chain_sets.get(state.id)
+        if found is None:
+            found = self._chain_sets[state.id] = frozenset(state.chain)
+        return found
 
     def check_invariants(self) -> None:
         self.kv.check_invariants()
