@@ -122,6 +122,20 @@ class Check:
         self.save()
 
     # ---- sections --------------------------------------------------------------------------------
+    def serve_trace(self) -> dict:
+        """Serve a short multi-turn trace with the Yoda policy and with chunked prefill on this GPU."""
+        from executor.runner import RunConfig, serve
+        from traces import sharegpt_like
+        requests = sharegpt_like(8, 2.0, rng=0)[:24]
+        keys = ("completed", "rejected", "median_ttft_ms", "p99_ttft_ms", "median_tbt_ms", "p99_tbt_ms",
+                "output_throughput", "kv_reuse_fraction", "scheduler_counters")
+        out = {}
+        for policy in ("yoda", "chunked"):
+            cfg = RunConfig(model=self.args.model, device="cuda", policy=policy, num_layers=self.args.num_layers)
+            metrics = serve(requests, cfg).metrics
+            out[policy] = {k: metrics.get(k) for k in keys}
+        return out
+
     def device(self) -> dict:
         props = torch.cuda.get_device_properties(0)
         x = torch.empty(1 << 29, dtype=torch.float16, device="cuda")  # 1 GiB
@@ -286,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print("executor.gpu_check: CUDA is not available on this machine; nothing to check.")
         return 0
     check = Check(args)
-    for name in ("device", "partitions", "decode", "prefill", "both_lanes", "graph_containment"):
+    for name in ("device", "partitions", "decode", "prefill", "both_lanes", "graph_containment", "serve_trace"):
         check.section(name, getattr(check, name))
     (check.out / "gpu_check.md").write_text(_markdown(check.results))
     print(_markdown(check.results))
