@@ -1,0 +1,11 @@
+"""Calibration: measure the executor on a device, fit the models the policy and the simulator use, and
+check the simulator against the executor (DESIGN.md section 8).
+
+    measure.py   timing bench on the Engine; resumable grids of solo prefill/decode latency per partition
+                 size and (CUDA) the both-lanes contention grid -> samples.csv, contention.csv, metadata.json
+    fit.py       Estimator and contention guards from a profile (load_estimator), fit.json, plots, and the
+                 GpuSpec / ModelSpec a profile describes
+    validate.py  serve a trace on the executor, replay it in the simulator on the profile, compare per request
+    cli.py       `yoda calibrate` and `yoda validate`
+    profiles/    bundled profiles (see profiles/README.md)
+"""

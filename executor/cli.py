@@ -1,0 +1,116 @@
+"""`yoda run`: serve a trace on the real executor (or, with --backend sim, in the simulator).
+
+    yoda run --backend executor --model tiny --device cpu --trace synthetic:sharegpt:6 --max-prompt-len 512 \\
+        --max-output-len 16 --policy yoda --json
+    yoda run --backend executor --model llama3-8b --device cuda --num-layers 8 --profile prof/h100 \\
+        --trace traces/data/miniswe_sample.jsonl --max-requests 100 --rate 2 --out runs/h100-yoda
+
+Writes the same results as `yoda simulate` (sim/outputs.py). Bad flags, traces or names print one
+`error: ...` line on stderr and exit with status 2.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from sim.cli import (FORMAT, MAX_REQUESTS, OPTION, POLICY, SEED, SLO_PER_TOKEN, SLO_TBT, SLO_TTFT, TRACE, JSON_OUT,
+                     _OneLineErrors, _command_line, _fail, _jsonable_flags, _trace, _user_errors, policy_options)
+
+BACKEND = typer.Option("executor", "--backend", help="executor (the real model) or sim (the simulator)")
+MODEL = typer.Option("tiny", "--model", help="built-in config (tiny, llama3-8b, llama3-70b, qwen2.5-7b) or a "
+                     "transformers config.json path")
+WEIGHTS = typer.Option(None, "--weights", help="local safetensors file or folder (default: random weights)")
+DEVICE = typer.Option("cpu", "--device", help="cpu or cuda")
+PROFILE = typer.Option(None, "--profile", help="calibration profile dir (yoda calibrate) for the yoda estimator")
+RATE = typer.Option(None, "--rate", help="request rate (req/s) to replay the trace at")
+NUM_LAYERS = typer.Option(None, "--num-layers", help="keep only the first N layers (as the profile measured)")
+MAX_PROMPT = typer.Option(None, "--max-prompt-len", help="cut prompts to N tokens (prefixes stay shared)")
+MAX_OUTPUT = typer.Option(None, "--max-output-len", help="cut outputs to N tokens")
+CLOCK = typer.Option("wall", "--clock", help="wall, or on the CPU: cpu (the engine's CPU time plus idle waits; "
+                     "immune to other processes' load)")
+KV_BLOCKS = typer.Option(None, "--kv-blocks", help="KV cache blocks (default: the trace's need on the CPU, free "
+                         "memory on CUDA)")
+MAX_BATCH = typer.Option(256, "--max-batch", help="decode batch cap (largest CUDA-graph batch)")
+
+
+def run_cmd(
+    ctx: typer.Context, backend: str = BACKEND, model: str = MODEL, weights: str | None = WEIGHTS,
+    device: str = DEVICE, trace: str | None = TRACE, fmt: str | None = FORMAT, policy: str = POLICY,
+    profile: Path | None = PROFILE, max_requests: int | None = MAX_REQUESTS, rate: float | None = RATE,
+    slo_ttft_ms: float = SLO_TTFT, slo_ttft_ms_per_token: float = SLO_PER_TOKEN, slo_tbt_ms: float = SLO_TBT,
+    seed: int = SEED, option: list[str] = OPTION, max_prompt_len: int | None = MAX_PROMPT,
+    max_output_len: int | None = MAX_OUTPUT, num_layers: int | None = NUM_LAYERS, clock: str = CLOCK,
+    kv_blocks: int | None = KV_BLOCKS, max_batch: int = MAX_BATCH,
+    out: Path | None = typer.Option(None, "--out", help="write results.json, requests.parquet, timeline.parquet "
+                                    "and plots here (as yoda simulate)"),
+    as_json: bool = JSON_OUT,
+) -> None:
+    """Serve a trace on one GPU (or the CPU) in real time and report latency, SLO attainment and throughput.
+    Default SLO: TTFT 1000 ms or 0.25 ms per prompt token (whichever is larger), TBT 50 ms, at P99."""
+    flags = {k: v for k, v in locals().items() if k != "ctx"}
+    if backend not in ("executor", "sim"):
+        _fail(f"--backend must be executor or sim, got {backend!r}")
+    from sim.outputs import console, format_value, results_dict, short_trace, summary_table, write_results
+    from sim.workloads import load_workload
+
+    with _user_errors():
+        requests, desc = load_workload(_trace(flags), fmt, rate, None, "original", 1.0, seed, max_requests)
+        if backend == "sim":
+            result = _simulate(flags, requests, max_prompt_len, max_output_len)
+        else:
+            result = _serve(flags, requests)
+    extra = {"scheduler_counters": result.metrics.get("scheduler_counters"), "workload": desc,
+             "command": _command_line(ctx), "flags": _jsonable_flags(flags),
+             "estimator": getattr(result, "estimator_source", None)}
+    res = results_dict(result, extra)
+    if out is not None:
+        with _user_errors():
+            paths = write_results(out, result, extra)
+    if as_json:
+        sys.stdout.write(json.dumps(res) + "\n")
+        return
+    stdout = console()
+    where = f"{device} executor" if backend == "executor" else "simulator"
+    stdout.print(summary_table(res, f"{policy} on {short_trace(desc['trace'])} ({len(result.records)} requests, "
+                                    f"{format_value(desc['mean_rate_rps'], 3)} req/s, {where})"))
+    if backend == "executor":
+        stdout.print(f"estimator: {result.estimator_source}", highlight=False)
+    if out is not None:
+        stdout.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _serve(flags: dict, requests):
+    from executor.runner import RunConfig, clamp_lengths, serve
+    from yoda.request import SLO
+
+    requests = clamp_lengths(requests, flags["max_prompt_len"], flags["max_output_len"])
+    slo = SLO(ttft_ms=flags["slo_ttft_ms"], tbt_ms=flags["slo_tbt_ms"],
+              ttft_ms_per_token=flags["slo_ttft_ms_per_token"])
+    cfg = RunConfig(model=flags["model"], weights=flags["weights"], device=flags["device"], policy=flags["policy"],
+                    profile=str(flags["profile"]) if flags["profile"] else None, slo=slo,
+                    policy_options=policy_options(flags["policy"], flags["option"], []),
+                    num_layers=flags["num_layers"], kv_blocks=flags["kv_blocks"], max_batch=flags["max_batch"],
+                    seed=flags["seed"], clock=flags["clock"])
+    if cfg.profile and not Path(cfg.profile).is_dir():
+        raise ValueError(f"--profile {cfg.profile} is not a directory")
+    return serve(requests, cfg)
+
+
+def _simulate(flags: dict, requests, max_prompt_len: int | None, max_output_len: int | None):
+    """--backend sim: the simulator on the same workload (latency: the profile, else the roofline)."""
+    from executor.runner import clamp_lengths
+    from sim.cli import make_config
+    from sim.run import simulate
+
+    sim_flags = {**flags, "gpu": "h100", "tp": 1, "instances": 1, "prefill_instances": None,
+                 "dispatcher": "slo_aware", "latency": str(flags["profile"]) if flags["profile"] else "roofline",
+                 "no_contention": False, "ablation": []}
+    return simulate(clamp_lengths(requests, max_prompt_len, max_output_len), make_config(sim_flags))
+
+
+def register(app: typer.Typer) -> None:
+    """Mount `run` on the main `yoda` app."""
+    app.command("run", cls=_OneLineErrors)(run_cmd)

@@ -1,0 +1,123 @@
+"""`yoda validate` on the CPU: the executor serves a small multi-turn trace, the simulator replays the same
+requests on a profile measured moments before, and the per-request errors stay small (the CI check of
+the simulator against the executor). Also the one-lane simulator model the CPU validation relies on."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import simpy
+from typer.testing import CliRunner
+
+import calibration.measure as measure
+from calibration.validate import SerialLane, ValidateConfig, validate, write_validation
+from executor.runner import clamp_lengths, open_backend
+from traces import sharegpt_like, write_mooncake
+from yoda.backend import DECODE, PREFILL, Launch, PrefillChunk
+from yoda.request import Request
+
+BUNDLED = Path(__file__).resolve().parents[2] / "calibration" / "profiles" / "cpu-tiny"
+
+
+def chat_requests() -> list[Request]:
+    """20 requests of 6 chat sessions (1 s between turns), prompts cut to 512 tokens, 8 output tokens."""
+    return clamp_lengths(sharegpt_like(6, 1.0, rng=0, think_time_s=1.0), 512, 8)[:20]
+
+
+@pytest.fixture(scope="module")
+def fresh_profile(tmp_path_factory) -> Path:
+    """The quick grid measured now (more rounds are measured between the validation's runs)."""
+    out = tmp_path_factory.mktemp("profile")
+    measure.calibrate(out, open_backend("tiny"), "quick", reps=3, progress=False)
+    return out
+
+
+def test_validate_cpu_errors_within_15_percent(fresh_profile: Path, tmp_path: Path) -> None:
+    # interleaved: a calibration round before each run, so the profile and the runs see the same machine load
+    result = validate(chat_requests(), ValidateConfig(profile=str(fresh_profile), policy="yoda", goodput=False,
+                                                      repeats=5, interleave=True))
+    r = result.report
+    errors = "validate (yoda, CPU, 20 requests, best of 5): " + ", ".join(
+        f"{k} {r[k]:.1%}" for k in ("median_ttft_abs_err", "median_tbt_abs_err", "median_e2e_abs_err",
+                                    "p90_ttft_abs_err", "p90_e2e_abs_err"))
+    print(errors)
+    assert r["num_requests"] == 20 and r["measured"]["kv_reuse_fraction"] > 0.3
+    assert r["measured"]["kv_reuse_fraction"] == r["predicted"]["kv_reuse_fraction"]  # same prefix hits
+    assert r["median_ttft_abs_err"] < 0.15 and r["median_e2e_abs_err"] < 0.15, errors
+    assert int(pd.read_csv(fresh_profile / "samples.csv")["rounds"].min()) == 3 + 5
+    paths = write_validation(tmp_path / "v", result)
+    for name in ("validation.json", "requests.csv", "predicted_vs_measured.png", "executor/results.json"):
+        assert paths[name].stat().st_size > 0
+
+
+def test_validate_cli_json(tmp_path: Path) -> None:
+    from yoda.cli import app
+
+    trace = tmp_path / "trace.jsonl"
+    write_mooncake(chat_requests()[:6], trace)
+    args = ["validate", "--profile", str(BUNDLED), "--trace", str(trace), "--policy", "chunked",
+            "--max-output-len", "4", "--max-probes", "2", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for key in ("median_ttft_abs_err", "median_tbt_abs_err", "median_e2e_abs_err", "p90_ttft_abs_err",
+                "p90_tbt_abs_err", "p90_e2e_abs_err"):
+        assert 0 <= report[key] < 10, key
+    assert report["measured"]["p99_ttft_ms"] > 0 and report["predicted"]["p99_ttft_ms"] > 0
+    assert report["goodput"]["executor_rps"] >= 0 and len(report["goodput"]["simulator_probes"]) <= 2
+    bad = CliRunner().invoke(app, ["validate", "--profile", str(tmp_path), "--trace", str(trace)])
+    assert bad.exit_code == 2 and bad.output.startswith("error:")
+
+
+class _Fixed:
+    """Latency source: prefill 10 ms, decode 1 ms."""
+
+    def prefill_s(self, new_lens, reused_lens, num_sms):
+        return 0.010
+
+    def decode_s(self, batch, kv_len, num_sms):
+        return 0.001
+
+    def mixed_s(self, new_lens, reused_lens, batch, kv_len, num_sms):
+        return 0.011
+
+
+class _Script:
+    """A scheduler stub that plans a decode and a prefill together once, then nothing."""
+
+    def __init__(self) -> None:
+        self.records, self.done, self.plans = [], [], 0
+
+    def on_arrival(self, request, now):
+        from yoda.request import RequestRecord
+        self.records.append(RequestRecord.for_request(request))
+
+    def schedule(self, now, busy):
+        assert busy == {}
+        self.plans += 1
+        if self.plans > 1:
+            return []
+        return [Launch(DECODE, 16, decode_ids=(0,), decode_kv_len=10),
+                Launch(PREFILL, 112, prefill=(PrefillChunk(1, 0, 8),), layer_end=2, num_layers=2)]
+
+    def on_launch_done(self, launch, now):
+        self.done.append((launch.lane, round(now, 6)))
+
+
+def test_serial_lane_runs_a_plans_launches_one_after_the_other() -> None:
+    env, script = simpy.Environment(), _Script()
+    lane = SerialLane(env, script, _Fixed(), num_layers=2)
+    lane.submit(Request(0, 0.0, 8, 2))
+    env.run()
+    assert script.done == [(DECODE, 0.001), (PREFILL, round(0.001 + 0.010 + 20e-6, 6))] and script.plans == 2
+
+
+def test_simulator_contention_capped_at_the_measured_worst(tmp_path: Path) -> None:
+    from calibration.validate import measured_contention
+
+    assert measured_contention(tmp_path).max_slowdown is None  # no grid: the GPU's default cap
+    pd.DataFrame([{"lane": "decode", "slowdown": 1.25}, {"lane": "prefill", "slowdown": 1.05}]).to_csv(
+        tmp_path / "contention.csv", index=False)
+    assert measured_contention(tmp_path).max_slowdown == pytest.approx(0.25)
