@@ -10,5 +10,12 @@
     decode_graph.py     decode CUDA graphs per (decode partition, batch-size bucket)
     engine.py           runs Launches on the partitions, polls CUDA events, samples tokens
     prompts.py          synthetic prompt tokens for traces that give only lengths and hash blocks
-    gpu_check.py        one-call GPU check: partitions, timings per partition, both lanes, rooflines
+    gpu_check.py        one-call GPU check: partitions, timings per partition, both lanes, rooflines, serving
+    runner.py           real-time trace replay driver (`yoda run --backend executor`); clocks.py: wall/CPU clocks
+    cli.py              `yoda run`
+    server.py           OpenAI-compatible HTTP API (FastAPI) over the async engine loop; `yoda serve`
+    async_engine.py     online engine loop: one asyncio task owns scheduler + Engine; submit/abort/stream
+    tokenizer.py        local transformers tokenizer or byte-level fallback; prefix block hashes
+    router.py           HTTP router over instances with the policy core's dispatchers; failover; `yoda router`
+    bench_client.py     replay a trace against any OpenAI endpoint into `yoda simulate` results; `yoda bench`
 """
