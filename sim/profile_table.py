@@ -99,7 +99,10 @@ class _Surface:
     (it may jump there by the local fit error, a few percent when the formula fits)."""
 
     def __init__(self, features: np.ndarray, coords: np.ndarray, latency_s: np.ndarray) -> None:
-        coefs, *_ = np.linalg.lstsq(features, latency_s, rcond=None)
+        # relative-error weights: an unweighted fit lets long prefills dominate and goes <= 0 for short ones,
+        # which then need correction ratios of 30-60x between samples
+        weights = 1.0 / np.maximum(latency_s, MIN_PREDICTION_S)
+        coefs, *_ = np.linalg.lstsq(features * weights[:, None], latency_s * weights, rcond=None)
         self.coefs: list[float] = coefs.tolist()
         ratio = latency_s / np.maximum(features @ coefs, MIN_PREDICTION_S)
         # Average repeated measurements at one coordinate.
