@@ -10,8 +10,6 @@ Writes the same results as `yoda simulate` (sim/outputs.py). Bad flags, traces o
 """
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import typer
@@ -53,7 +51,7 @@ def run_cmd(
     flags = {k: v for k, v in locals().items() if k != "ctx"}
     if backend not in ("executor", "sim"):
         _fail(f"--backend must be executor or sim, got {backend!r}")
-    from sim.outputs import console, format_value, results_dict, short_trace, summary_table, write_results
+    from sim.outputs import format_value, print_results, results_dict, short_trace, write_results
     from sim.workloads import load_workload
 
     with _user_errors():
@@ -66,20 +64,14 @@ def run_cmd(
              "command": _command_line(ctx), "flags": _jsonable_flags(flags),
              "estimator": getattr(result, "estimator_source", None)}
     res = results_dict(result, extra)
+    paths = None
     if out is not None:
         with _user_errors():
             paths = write_results(out, result, extra)
-    if as_json:
-        sys.stdout.write(json.dumps(res) + "\n")
-        return
-    stdout = console()
     where = f"{device} executor" if backend == "executor" else "simulator"
-    stdout.print(summary_table(res, f"{policy} on {short_trace(desc['trace'])} ({len(result.records)} requests, "
-                                    f"{format_value(desc['mean_rate_rps'], 3)} req/s, {where})"))
-    if backend == "executor":
-        stdout.print(f"estimator: {result.estimator_source}", highlight=False)
-    if out is not None:
-        stdout.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    notes = [f"estimator: {result.estimator_source}"] if backend == "executor" else []
+    print_results(res, f"{policy} on {short_trace(desc['trace'])} ({len(result.records)} requests, "
+                       f"{format_value(desc['mean_rate_rps'], 3)} req/s, {where})", as_json, paths, notes)
 
 
 def _serve(flags: dict, requests):

@@ -194,7 +194,7 @@ def simulate_cmd(
     """Replay a trace through the simulated cluster and report latency, SLO attainment and throughput.
     Default SLO: TTFT 1000 ms or 0.25 ms per prompt token (whichever is larger), TBT 50 ms, at P99."""
     flags = {k: v for k, v in locals().items() if k != "ctx"}
-    from sim.outputs import console, format_value, results_dict, short_trace, summary_table, write_results
+    from sim.outputs import format_value, print_results, results_dict, short_trace, write_results
     from sim.run import simulate
     from sim.workloads import load_workload
 
@@ -205,17 +205,12 @@ def simulate_cmd(
     extra = {"scheduler_counters": scheduler_counters(result), "workload": desc, "command": _command_line(ctx),
              "flags": _jsonable_flags(flags)}
     res = results_dict(result, extra)
+    paths = None
     if out is not None:
         with _user_errors():
             paths = write_results(out, result, extra)
-    if as_json:
-        sys.stdout.write(json.dumps(res) + "\n")
-        return
-    stdout = console()
-    stdout.print(summary_table(res, f"{cfg.policy} on {short_trace(desc['trace'])} ({len(requests)} requests, "
-                                    f"{format_value(desc['mean_rate_rps'], 3)} req/s)"))
-    if out is not None:
-        stdout.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print_results(res, f"{cfg.policy} on {short_trace(desc['trace'])} ({len(requests)} requests, "
+                       f"{format_value(desc['mean_rate_rps'], 3)} req/s)", as_json, paths)
 
 
 def goodput_cmd(

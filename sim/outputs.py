@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -324,3 +325,17 @@ def sweep_table(rows: list[dict], goodput: bool):
         values = [get(row) for _, get in columns] if not row.get("error") else ["[red]failed[/]"]
         table.add_row(row["policy"], *([short_trace(row["trace"])] if len(traces) > 1 else []), *values)
     return table
+
+
+def print_results(res: dict, title: str, as_json: bool, paths: dict | None = None, notes: Sequence[str] = ()) -> None:
+    """Show a run's results: with --json the results JSON alone on stdout, else the summary table, any
+    notes, and the files written. Shared by `yoda simulate`, `yoda run` and `yoda bench`."""
+    if as_json:
+        sys.stdout.write(json.dumps(res) + "\n")
+        return
+    stdout = console()
+    stdout.print(summary_table(res, title))
+    for note in notes:
+        stdout.print(note, highlight=False)
+    if paths:
+        stdout.print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -9,8 +9,6 @@ Everything heavy (torch, fastapi, uvicorn, httpx) is imported inside the command
 """
 from __future__ import annotations
 
-import json
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -98,7 +96,7 @@ def bench_cmd(
 ) -> None:
     """Replay a trace against an endpoint and write the same results as `yoda simulate`."""
     from sim.cli import _command_line
-    from sim.outputs import console, format_value, short_trace, summary_table
+    from sim.outputs import format_value, print_results, short_trace
     from yoda.request import SLO
 
     with _errors():
@@ -109,14 +107,8 @@ def bench_cmd(
                           mode=mode, slo=slo, model=model, vocab_size=vocab_size, seed=seed, timeout_s=timeout_s,
                           token_ids=token_ids)
         result, res, paths = run_bench(cfg, out, command=_command_line(ctx))
-    if as_json:
-        sys.stdout.write(json.dumps(res) + "\n")
-        return
-    stdout = console()
-    stdout.print(summary_table(res, f"bench {result.config.model} at {endpoint} on {short_trace(trace)} "
-                                    f"({len(result.records)} requests, {format_value(res['workload']['mean_rate_rps'], 3)} req/s)"))
-    if paths:
-        stdout.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print_results(res, f"bench {result.config.model} at {endpoint} on {short_trace(trace)} ({len(result.records)} "
+                       f"requests, {format_value(res['workload']['mean_rate_rps'], 3)} req/s)", as_json, paths)
 
 
 def router_cmd(
