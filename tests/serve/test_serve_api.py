@@ -121,6 +121,11 @@ def test_disconnects_abort_and_free_kv(served):
 
 def test_info_endpoints(served):
     url, _, client = served
+    # serve two requests here (not rely on other tests having run on this worker): the second reuses the
+    # first one's full prefix blocks, so the metrics below have a TTFT sample and a partial prefix hit rate
+    prompt = list(range(1, 49))
+    for extra in ([], [7, 8, 9]):
+        client.completions.create(model="tiny", prompt=prompt + extra, max_tokens=4)
     assert [m.id for m in client.models.list().data] == ["tiny"]
     health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and health["kv_total_blocks"] == 4096
