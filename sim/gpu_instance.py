@@ -3,6 +3,11 @@
 Launch durations come from a latency source (solo time) slowed by a contention model while the other lane
 is busy. Lanes share HBM bandwidth, so when a launch starts or ends the other lane's rate changes: each
 running launch keeps its remaining solo work and finishes when that work drains at its current rate.
+
+A launch may cover several units (decode steps of a multi-step run, layers of a prefill group). When
+something happens that the scheduler must see (an arrival, a prefill completing), such a launch is cut at
+its next unit boundary and reported as what actually ran (`num_steps`, `layer_end`), so the scheduler
+decides again within one unit of the event.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from typing import Callable
 import simpy
 
 from sim.contention import ContentionModel
-from sim.latency import LatencySource, launch_solo_s
+from sim.latency import LAYER_GROUP_LAUNCH_S, LatencySource, launch_solo_s
 from sim.hardware import GpuSpec
 from sim.model_spec import ModelSpec
 from yoda.backend import Launch
@@ -30,7 +35,15 @@ class _Running:
     updated_at: float
     started_at: float
     version: int = 0  # 0: completion not scheduled yet
-    step_offsets: list[float] | None = None  # multi-step decode: end of each step after the start
+    total_s: float = 0.0  # solo work of the whole launch (as planned, or as cut)
+    # Cut points, in solo work done since the start: the end of each decode step of a multi-step run or
+    # of each layer of a prefill group; None for a launch that cannot be cut.
+    unit_ends: list[float] | None = None
+    # (wall time, solo work done by then, rate from then on): turns step ends into wall times
+    segments: list[tuple[float, float, float]] | None = None
+
+    def drained_at(self, now: float) -> float:
+        return self.total_s - (self.remaining_s - (now - self.updated_at) * self.rate)
 
 
 @dataclass(slots=True)
@@ -49,7 +62,7 @@ class Timeline:
 class GpuInstance:
     def __init__(self, env: simpy.Environment, index: int, scheduler, latency: LatencySource,
                  contention: ContentionModel, gpu: GpuSpec, model: ModelSpec, record_timeline: bool = True,
-                 check_every: int = 0, max_decode_steps: int = 64) -> None:
+                 check_every: int = 0, max_decode_steps: int = 64, cut_prefill_groups: bool = True) -> None:
         self.env, self.index, self.scheduler = env, index, scheduler
         self.latency, self.contention, self.gpu, self.model = latency, contention, gpu, model
         self.running: dict[str, _Running] = {}
@@ -60,6 +73,9 @@ class GpuInstance:
         self.timeline = Timeline([], [], [], [], [], [], []) if record_timeline else None
         self.on_launch_done: Callable[[Launch, float], None] | None = None
         scheduler.max_decode_steps = max_decode_steps
+        # a scheduler that plans several layers per launch and re-decides at layer boundaries lets the
+        # backend stop a group early (SchedulerCore.prefill_groups_cuttable)
+        self.cut_prefill_groups = cut_prefill_groups and getattr(scheduler, "prefill_groups_cuttable", False)
 
     # ---- inputs ---------------------------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -67,10 +83,12 @@ class GpuInstance:
         self.scheduler.records[-1].instance = self.index  # on_arrival appended this request's record
         self.kick()
 
-    def kick(self) -> None:
-        """Ask the scheduler for a plan once all events of this instant have been delivered. Something
-        happened, so a multi-step decode run stops at its next step boundary."""
-        self._cut_decode_run()
+    def kick(self, cut: bool = True) -> None:
+        """Ask the scheduler for a plan once all events of this instant have been delivered. With `cut`,
+        something happened that the scheduler must react to, so multi-unit launches stop at their next
+        unit boundary."""
+        if cut:
+            self._cut_runs()
         if not self._decision_pending:
             self._decision_pending = True
             self.env.timeout(0).callbacks.append(self._decide)
@@ -85,19 +103,37 @@ class GpuInstance:
         for launch in launches:
             if launch.lane in self.running:
                 raise RuntimeError(f"scheduler launched on busy lane {launch.lane}")
-            offsets = None
-            if launch.num_steps > 1:  # per-step times: the batch's context grows by one token a step
-                b, kv, step_s = len(launch.decode_ids), launch.decode_kv_len, self.latency.decode_s
-                offsets = list(itertools.accumulate(step_s(b, kv + j * b, launch.num_sms) for j in range(launch.num_steps)))
-                solo = offsets[-1]
+            ends, segments = None, None
+            if launch.num_steps > 1:
+                ends = self._step_ends_solo(launch)
+                solo = ends[-1]
+                segments = [(self.env.now, 0.0, 1.0)]
             else:
                 solo = launch_solo_s(self.latency, launch, self.model.num_layers)
-            self.running[launch.lane] = _Running(launch, solo, 1.0, self.env.now, self.env.now, step_offsets=offsets)
+                layers = launch.layer_end - launch.layer_start
+                if layers > 1 and not launch.decode_ids and self.cut_prefill_groups:
+                    per_layer = (solo - LAYER_GROUP_LAUNCH_S) / layers
+                    ends = [LAYER_GROUP_LAUNCH_S + per_layer * (i + 1) for i in range(layers)]
+            self.running[launch.lane] = _Running(launch, solo, 1.0, self.env.now, self.env.now, total_s=solo,
+                                                 unit_ends=ends, segments=segments)
             self._log(launch, solo)
         used = sum(r.launch.num_sms for r in self.running.values())
         if used > self.gpu.num_sms:
             raise RuntimeError(f"launches use {used} SMs, GPU has {self.gpu.num_sms}")
         self._retime()
+
+    def _step_ends_solo(self, launch: Launch) -> list[float]:
+        """Cumulative solo time of each step of a multi-step decode: the batch's context grows by one token
+        a step. Step time is linear in context within a regime of the latency source; when the middle step
+        lies on the line through the first and last, the steps are that arithmetic progression (3 latency
+        calls instead of one per step), otherwise each step is asked for."""
+        b, kv, n, sms, step_s = len(launch.decode_ids), launch.decode_kv_len, launch.num_steps, launch.num_sms, self.latency.decode_s
+        first, last = step_s(b, kv, sms), step_s(b, kv + (n - 1) * b, sms)
+        mid = (n - 1) // 2
+        slope = (last - first) / (n - 1)
+        if abs(step_s(b, kv + mid * b, sms) - (first + slope * mid)) <= 1e-9 * last:
+            return [(j + 1) * first + slope * j * (j + 1) / 2 for j in range(n)]
+        return list(itertools.accumulate(step_s(b, kv + j * b, sms) for j in range(n)))
 
     def _retime(self) -> None:
         """Re-derive each running launch's rate from what runs beside it and reschedule its completion."""
@@ -112,6 +148,8 @@ class GpuInstance:
                 other = next(r.launch for l, r in running.items() if l != lane)
                 rate = 1.0 / self.contention.slowdown(run.launch, other, self.gpu, self.model)
             if run.version == 0 or rate != run.rate:
+                if run.segments is not None and rate != run.rate:
+                    run.segments.append((now, run.total_s - run.remaining_s, rate))
                 run.rate = rate
                 self._version += 1
                 run.version = self._version
@@ -124,8 +162,8 @@ class GpuInstance:
             return  # superseded by a re-timing
         del self.running[lane]
         now = self.env.now
-        if run.step_offsets is not None:
-            run.launch = replace(run.launch, step_ends=tuple(run.started_at + o for o in run.step_offsets))
+        if run.segments is not None:
+            run.launch = replace(run.launch, step_ends=self._step_ends(run, now))
         self.busy_s += now - run.started_at
         self.scheduler.on_launch_done(run.launch, now)
         if self.on_launch_done is not None:
@@ -134,26 +172,44 @@ class GpuInstance:
             self._retime()
         if self.check_every and self.scheduler.num_steps % self.check_every == 0:
             self.scheduler.check_invariants()
-        self.kick()
+        # a finished prefill joins the decode batch at the next step boundary: cut the decode run there
+        self.kick(cut=run.launch.prefill_completes)
 
-    def _cut_decode_run(self) -> None:
-        """Stop a running multi-step decode at the first step boundary from now on."""
+    @staticmethod
+    def _step_ends(run: _Running, now: float) -> tuple[float, ...]:
+        """Wall time of each step end of a multi-step decode, from the rate segments it ran through."""
+        ends, segments, k = [], run.segments, 0
+        for done in run.unit_ends[:-1]:
+            while k + 1 < len(segments) and segments[k + 1][1] <= done:
+                k += 1
+            at, drained, rate = segments[k]
+            ends.append(at + (done - drained) / rate)
+        ends.append(now)
+        return tuple(ends)
+
+    def _cut_runs(self) -> None:
+        """Stop every multi-unit launch at its first unit boundary from now on."""
+        now = self.env.now
         for lane, run in self.running.items():
-            offsets = run.step_offsets
-            if offsets is None or len(offsets) == 1:
+            ends = run.unit_ends
+            if ends is None or len(ends) == 1:
                 continue
-            if run.rate != 1.0:  # NOTE: runs are only planned with the other lane idle; offsets assume it
-                raise RuntimeError("a multi-step decode ran beside another launch")
-            done = bisect.bisect_left(offsets, self.env.now - run.started_at) + 1
-            if done >= len(offsets):
+            drained = run.drained_at(now)
+            done = bisect.bisect_left(ends, drained) + 1
+            if done >= len(ends):
                 continue
-            run.step_offsets = offsets[:done]
-            run.launch = replace(run.launch, num_steps=done)
-            run.remaining_s = run.started_at + offsets[done - 1] - self.env.now
-            run.updated_at = self.env.now
+            del ends[done:]
+            launch = run.launch
+            if launch.num_steps > 1:
+                run.launch = replace(launch, num_steps=done)
+            else:
+                run.launch = replace(launch, layer_end=launch.layer_start + done)
+            run.total_s = ends[-1]
+            run.remaining_s = max(ends[-1] - drained, 0.0)
+            run.updated_at = now
             self._version += 1
             run.version = self._version
-            self.env.timeout(max(run.remaining_s, 0.0)).callbacks.append(partial(self._done, lane, run.version))
+            self.env.timeout(run.remaining_s / run.rate).callbacks.append(partial(self._done, lane, run.version))
 
     def _log(self, launch: Launch, solo_s: float) -> None:
         tl = self.timeline

@@ -47,7 +47,10 @@ class Launch:
     decode_ids: tuple[int, ...] = ()  # each produces one token when the launch ends
     decode_kv_len: int = 0  # total KV tokens attended by the decode batch (sum of context lengths)
     prefill: tuple[PrefillChunk, ...] = ()
-    layer_start: int = 0  # prefill layers [layer_start, layer_end); a decode step always runs all layers
+    # prefill layers [layer_start, layer_end); a decode step always runs all layers. A backend may stop a
+    # prefill-only launch early at a layer boundary when its scheduler allows it (prefill_groups_cuttable)
+    # and reports a copy with the layer_end that ran.
+    layer_start: int = 0
     layer_end: int = 0
     num_layers: int = 0  # model depth, so a backend knows whether the prefill chunk completes
     # Decode steps run back to back (a scheduler asks for more than one only when nothing else is pending

@@ -4,7 +4,10 @@ At every decision point:
 - decode (launched first): the fewest decode SMs whose guarded estimate meets the TBT target; the rest go
   to prefill. No pending prefill: decode gets the whole GPU. No decode: prefill gets the whole GPU.
 - prefill runs as layer groups: N_PL = ceil(T_d x N_layers / T_p) layers, enough to cover one decode step,
-  so the prefill SMs never idle while decode runs. A finished prefill joins the decode batch at the next
+  so the prefill SMs never idle while decode runs. A backend that can run several decode steps per launch
+  and stop launches early (the simulator) may get gangs of up to `gang_steps` decode steps with the
+  layers covering them; it cuts them at the next step / layer boundary when a request arrives or a
+  prefill completes, so only re-decisions that nothing triggered are spaced out. A finished prefill joins the decode batch at the next
   decode step boundary (query-based merge, never a blocking wait on both lanes).
 - a short prefill may preempt a long one at a layer boundary if it would miss its TTFT by waiting and the
   long one still meets its TTFT afterwards; never recursively.
@@ -42,6 +45,10 @@ class YodaOptions:
     ttft_safety: float = 1.5  # plan prefills to finish within 1/ttft_safety of their TTFT slack
     piggyback: bool = True  # run a small prefill backlog inside the decode step (ablation: always split)
     piggyback_tokens: int = 2048  # largest backlog considered small
+    # decode steps per gang beside a running prefill, capped by the backend's max_decode_steps (1 on the
+    # real executor: the paper's one-iteration gang). More means fewer decisions (a faster simulation);
+    # arrivals and completed prefills still cut a gang at its next step / layer boundary.
+    gang_steps: int = 16
 
 
 ABLATIONS: dict[str, dict] = {
@@ -79,6 +86,19 @@ class GangScheduler(SchedulerCore):
         self._mix_memo: dict[tuple[int, int], int] = {}
         self._chain_sets: dict[int, frozenset[int]] = {}
         self._desired_decode_sms = 0  # what the last decode choice wanted (before any squeeze)
+        self._running_job: PrefillJob | None = None  # the job of the prefill-lane launch in flight
+        if self.opts.gang_steps < 1:
+            raise ValueError(f"gang_steps must be >= 1, got {self.opts.gang_steps}")
+
+    @property
+    def prefill_groups_cuttable(self) -> bool:
+        return self.opts.layerwise
+
+    def _gang_steps(self) -> int:
+        return max(1, min(self.opts.gang_steps, self.max_decode_steps))
+
+    def _decode_steps_limit(self) -> int:
+        return self._gang_steps() if self.prefill_pending() else self.max_decode_steps
 
     # ---- public estimates (dispatcher) ----------------------------------------------------------------
     def estimate_prefill_s(self, new_tokens: float, reused_tokens: float) -> float:
@@ -140,8 +160,14 @@ class GangScheduler(SchedulerCore):
 
     def on_launch_done(self, launch: Launch, now: float) -> None:
         if launch.lane == DECODE and self._decode_plan is not None:
-            self._refine_guard(now)
+            self._refine_guard(now, launch.num_steps)
         super().on_launch_done(launch, now)
+        if launch.lane == PREFILL and launch.prefill and self._running_job is not None:
+            # advance by the layers that ran: a backend may have stopped the group early
+            job, self._running_job = self._running_job, None
+            job.layers_done = launch.layer_end
+            if job.layers_done == self.config.num_layers and self.job is job:
+                self.job = None
         if launch.prefill_completes:
             for chunk in launch.prefill:
                 self._prefill_est.pop(chunk.request_id, None)
@@ -240,9 +266,10 @@ class GangScheduler(SchedulerCore):
         self._decode_plan = (now, self.est.decode_s(len(batch), kv_len, sms), pn, pr, sms)
         return self.decode_launch(batch, sms)
 
-    def _refine_guard(self, now: float) -> None:
+    def _refine_guard(self, now: float, steps: int) -> None:
         start, solo_s, pn, pr, sms = self._decode_plan
         self._decode_plan = None
+        solo_s *= steps  # the context grows a token per step: a slight overestimate of solo time
         if pn > 0 and solo_s > 0:
             batch = len(self.decoding) or 1
             kv = self.decode_kv_len // batch
@@ -264,18 +291,18 @@ class GangScheduler(SchedulerCore):
                 # NOTE: build no job that cannot launch now: its idle admitted requests could be picked as
                 # KV-preemption victims before it runs, and it would then launch chunks with freed KV
                 return None
-        if self.opts.preemption and self.job is not None and self.job.layers_done > 0 and self.suspended is None:
-            self._maybe_preempt(now, sms)
         if self.job is None:
             self.job = self._new_job(now)
             if self.job is None:
                 return None
+        # at every layer boundary, the first one included: a new chunk of a long prompt is where a short
+        # request that just-in-time admission kept waiting can go first
+        if self.opts.preemption and self.suspended is None:
+            self._maybe_preempt(now, sms)
         layers = self._layers_to_launch(sms, decode)
         start, end = self.job.layers_done, self.job.layers_done + layers
         launch = self.prefill_launch(self.job.chunks, sms, PREFILL, start, end)
-        self.job.layers_done = end
-        if end == self.config.num_layers:
-            self.job = None
+        self._running_job = self.job  # layers_done advances when the launch reports what ran
         return launch
 
     def _layers_to_launch(self, prefill_sms: int, decode: Launch | None) -> int:
@@ -286,11 +313,11 @@ class GangScheduler(SchedulerCore):
         if decode is None:
             # prefill alone on the whole GPU still launches in quanta of about one TBT, so a short prefill
             # can preempt at a layer boundary and a new decode batch is not held behind a long prefill
-            n = math.ceil(self.slo.tbt_s * self.config.num_layers / max(job.est_s, 1e-9))
+            n = math.ceil(self._gang_steps() * self.slo.tbt_s * self.config.num_layers / max(job.est_s, 1e-9))
             return max(1, min(n, remaining))
         t_p = self.est.prefill_guarded_s([c.num_new for c in job.chunks], [c.start_len for c in job.chunks],
                                          prefill_sms, len(decode.decode_ids), decode.decode_kv_len)
-        t_d = self.est.decode_s(len(decode.decode_ids), decode.decode_kv_len, decode.num_sms)
+        t_d = self.est.decode_s(len(decode.decode_ids), decode.decode_kv_len, decode.num_sms) * decode.num_steps
         n_pl = math.ceil(t_d * self.config.num_layers / max(t_p, 1e-9))
         return max(1, min(n_pl, remaining))
 
@@ -388,7 +415,7 @@ class GangScheduler(SchedulerCore):
         job_deadline = min(self._deadline(s) for s in job.states)
         # a long job that misses its TTFT anyway loses nothing by a short delay
         long_misses_anyway = now + long_left_s > job_deadline
-        idle = [s for s in self.prefilling if not s.in_flight and s.remaining_prefill > 0]
+        idle = [s for s in self.prefilling if not s.in_flight and s.remaining_prefill > 0 and s not in job.states]
         for state in itertools.chain(idle, itertools.islice(self.waiting, self.PREEMPT_SCAN)):
             if self._deadline(state) < now:
                 continue  # it cannot make it any more: no reason to delay the long one

@@ -120,8 +120,7 @@ class KVCache:
             b = self._index[key]
             self._take(b)
             table.append(b)
-        for _ in range(self.blocks_for(num_tokens) - hit):
-            table.append(self._pop_free())
+        table.extend(self._pop_many(self.blocks_for(num_tokens) - hit))
         self._tables[seq_id] = table
         self._num_tokens[seq_id] = num_tokens
         self._chains[seq_id] = list(chain)
@@ -144,7 +143,7 @@ class KVCache:
         need = self.blocks_for(num_tokens) - len(table)
         if need > self.num_free_blocks:
             raise KVCacheFullError(f"sequence {seq_id}: no free KV block to grow to {num_tokens} tokens")
-        new = [self._pop_free() for _ in range(max(need, 0))]
+        new = self._pop_many(need)
         table.extend(new)
         self._num_tokens[seq_id] = max(num_tokens, self._num_tokens[seq_id])
         return new
@@ -166,19 +165,37 @@ class KVCache:
         del self._num_tokens[seq_id]
         del self._chains[seq_id]
         del self._num_committed[seq_id]
+        refcount, key_of, lru, free = self._refcount, self._key_of, self._lru, self._free
         for b in reversed(table):
-            self._refcount[b] -= 1
-            if self._refcount[b] == 0:
-                if self._key_of[b] is not None:
-                    self._lru[b] = None
+            refcount[b] -= 1
+            if refcount[b] == 0:
+                if key_of[b] is not None:
+                    lru[b] = None
                 else:
-                    self._free.append(b)
+                    free.append(b)
 
     # ---- internals -------------------------------------------------------------------------------
     def _take(self, b: int) -> None:
         if self._refcount[b] == 0:
             del self._lru[b]
         self._refcount[b] += 1
+
+    def _pop_many(self, n: int) -> list[int]:
+        """`n` blocks for a sequence: empty ones first (low ids first, as `_pop_free` gives them), then
+        evicted cached ones."""
+        if n <= 0:
+            return []
+        free = self._free
+        k = min(n, len(free))
+        taken = free[len(free) - k:]
+        del free[len(free) - k:]
+        taken.reverse()
+        refcount = self._refcount
+        for b in taken:
+            refcount[b] = 1
+        if k < n:
+            taken.extend(self._pop_free() for _ in range(n - k))
+        return taken
 
     def _pop_free(self) -> int:
         if self._free:

@@ -111,6 +111,11 @@ class SchedulerCore:
         # Backends that can run several decode steps per launch (the simulator) raise this; 1 = one step.
         self.max_decode_steps = 1
 
+    # True for policies whose prefill launches may span several layers and that re-decide at any layer
+    # boundary: a backend may then stop such a launch early at a layer boundary and report the layer_end
+    # that ran (the policy advances its job by what the launch reports, not by what it planned).
+    prefill_groups_cuttable = False
+
     # ---- events ---------------------------------------------------------------------------------
     def on_arrival(self, request: Request, now: float) -> None:
         record = RequestRecord.for_request(request)
@@ -322,7 +327,7 @@ class SchedulerCore:
         return self.decode_kv_len if batch else 0
 
     def decode_launch(self, batch: tuple[int, ...], num_sms: int, lane: str = DECODE) -> Launch:
-        steps = self._quiet_steps() if self.max_decode_steps > 1 else 1
+        steps = self._quiet_steps(self._decode_steps_limit()) if self.max_decode_steps > 1 else 1
         kv_len = self._claim_batch(batch)
         return Launch(lane, num_sms, decode_ids=batch, decode_kv_len=kv_len, num_layers=self.config.num_layers,
                       num_steps=steps)
@@ -331,19 +336,38 @@ class SchedulerCore:
         """Any prefill work queued, running or about to join decode (policies with more queues extend it)."""
         return bool(self.waiting or self.prefilling or self.ready)
 
-    def _quiet_steps(self) -> int:
-        """Decode steps that can run back to back: none of them can change what the scheduler would do
-        (no prefill work, no request finishes and no KV block is needed before the last one). The backend
-        cuts the run short at a step boundary when something arrives."""
-        if self.prefill_pending():
+    def _decode_steps_limit(self) -> int:
+        """Most decode steps the next launch may run: several only while no prefill work is pending (a
+        policy that re-decides less often beside a running prefill overrides this)."""
+        return 1 if self.prefill_pending() else self.max_decode_steps
+
+    def _quiet_steps(self, limit: int) -> int:
+        """Decode steps (at most `limit`) that can run back to back: no request finishes and no KV block
+        is needed before the last one. The backend cuts the run short at a step boundary when something
+        arrives."""
+        if limit <= 1:
             return 1
         clock = self.step_clock[0]
-        steps = self.max_decode_steps
+        steps = limit
         if self._finish_heap:
             steps = min(steps, self._finish_heap[0][0] - clock)
-        if self._grow_heap:
-            steps = min(steps, self._grow_heap[0][0] - clock)
+        if self._grow_heap and self._grow_heap[0][0] - clock < steps:
+            steps = self._reserve_growth(max(steps, 1))
         return max(steps, 1)
+
+    def _reserve_growth(self, steps: int) -> int:
+        """Steps a run may take past the KV block boundaries its requests cross: all of them when the free
+        blocks cover every crossing (no preemption can be needed, so the blocks are taken now), else up to
+        the first crossing (where decode_batch grows, preempting on shortage)."""
+        clock, bs, kv = self.step_clock[0], self.config.block_size, self.kv
+        end = clock + steps
+        due = {e[3] for e in self._grow_heap if e[0] < end and e[2] == e[3].epoch and e[3].step_clock is not None}
+        need = sum(max(0, -(-(s.context_len + steps - 1) // bs) - len(kv.block_table(s.id))) for s in due)
+        if need > kv.num_free_blocks:
+            return self._grow_heap[0][0] - clock
+        for state in sorted(due, key=lambda s: s.order):  # deterministic block ids
+            kv.extend(state.id, state.context_len + steps - 1)
+        return steps
 
     def prefill_launch(self, chunks: Sequence[PrefillChunk], num_sms: int, lane: str, layer_start: int = 0,
                        layer_end: int | None = None, batch: tuple[int, ...] = ()) -> Launch:
