@@ -26,11 +26,15 @@ class Link:
 
 class Cluster:
     def __init__(self, env: simpy.Environment, instances: Sequence[GpuInstance], dispatcher,
-                 kv_bytes_per_token: float = 0.0, link: Link | None = None, kv_return: str = "move") -> None:
+                 kv_bytes_per_token: float = 0.0, link: Link | None = None, kv_return: str = "move",
+                 stream_layers: int = 0) -> None:
         if kv_return not in ("move", "recompute"):
             raise ValueError("kv_return must be 'move' or 'recompute'")
         self.env, self.instances, self.dispatcher = env, list(instances), dispatcher
         self.link, self.kv_bytes_per_token, self.kv_return = link or Link(), kv_bytes_per_token, kv_return
+        # > 0: a prefill's KV streams to the decode instance layer by layer while it is computed (DistServe,
+        # Mooncake), so only the last layer's share is left when the prefill ends; 0: sent after the prefill
+        self.stream_layers = stream_layers
         self.prefill = [g for g in self.instances if getattr(g.scheduler, "role", None) != "decode"]
         self.decode = [g for g in self.instances if getattr(g.scheduler, "role", None) == "decode"]
         self._link_free_at: dict[int, float] = {}
@@ -62,16 +66,22 @@ class Cluster:
         target.submit(request)
 
     # ---- disaggregation -------------------------------------------------------------------------------
-    def _handoff(self, state: RequestState, now: float) -> None:
+    def _handoff(self, state: RequestState, now: float, prefill_started_at: float | None = None) -> None:
         dst = min(self.decode, key=lambda g: (len(g.scheduler.states), self.decode.index(g)))
         num_bytes = (state.context_len - 1) * self.kv_bytes_per_token
-        self.env.timeout(self._reserve_link(dst, num_bytes)).callbacks.append(
+        produced_from = prefill_started_at if self.stream_layers else None
+        self.env.timeout(self._reserve_link(dst, num_bytes, produced_from)).callbacks.append(
             lambda _e: (dst.scheduler.receive(state, self.env.now), dst.kick()))
 
-    def _reserve_link(self, dst: GpuInstance, num_bytes: float) -> float:
-        """Delay until a transfer to `dst` completes, queueing behind earlier transfers to it."""
-        start = max(self.env.now, self._link_free_at.get(dst.index, 0.0))
+    def _reserve_link(self, dst: GpuInstance, num_bytes: float, produced_from: float | None = None) -> float:
+        """Delay until a transfer to `dst` completes, queueing behind earlier transfers to it. With
+        `produced_from` the KV streamed while it was computed (from then until now): the link carried it
+        from then on, but the last layer's share can leave only now."""
+        now = self.env.now
+        start = max(now if produced_from is None else min(produced_from, now), self._link_free_at.get(dst.index, 0.0))
         done = start + self.link.transfer_s(num_bytes)
+        if produced_from is not None:
+            done = max(done, now + self.link.transfer_s(num_bytes / self.stream_layers))
         self._link_free_at[dst.index] = done
         self.num_transfers += 1
         self.transferred_bytes += num_bytes

@@ -47,6 +47,7 @@ class SimConfig:
     policy_options: dict = field(default_factory=dict)
     link_gbps: float = 25.0
     kv_return: str = "move"
+    kv_stream: bool = True  # disagg: KV streams layer by layer during the prefill (False: sent after it)
     check_every: int = 0  # run scheduler invariant checks every N launches (0: never)
     record_timeline: bool = True
     max_decode_steps: int = 64  # decode steps one simulated event may cover when nothing else is pending
@@ -122,7 +123,7 @@ def build(cfg: SimConfig, env: simpy.Environment, block_size: int = 16) -> Clust
                              cfg.max_decode_steps)
                  for i, s in enumerate(_schedulers(cfg, sched_cfg, estimator_factory))]
     return Cluster(env, instances, make_dispatcher(cfg.dispatcher), model.kv_bytes_per_token,
-                   Link(cfg.link_gbps), cfg.kv_return)
+                   Link(cfg.link_gbps), cfg.kv_return, model.num_layers if cfg.kv_stream else 0)
 
 
 def simulate(requests: Sequence[Request], cfg: SimConfig) -> SimResult:

@@ -15,7 +15,8 @@ from yoda.baselines import PrefillFirst
 from yoda.request import SLO
 from yoda.scheduler import RequestState, SchedulerConfig, SchedulerCore
 
-Handoff = Callable[[RequestState, float], None]
+# (request, now, when its prompt's first chunk started): the cluster moves its KV to a decode instance
+Handoff = Callable[[RequestState, float, float], None]
 
 
 class DisaggPrefill(SchedulerCore):
@@ -24,12 +25,15 @@ class DisaggPrefill(SchedulerCore):
     def __init__(self, config: SchedulerConfig, slo: SLO) -> None:
         super().__init__(config, slo)
         self.handoff: Handoff | None = None
+        self.prefill_started_at: dict[int, float] = {}  # request -> launch of its prompt's first chunk
 
     def schedule(self, now: float, busy: dict[str, Launch]) -> Sequence[Launch]:
         if busy:
             return []
         self.admit_waiting(now, self.config.max_prefill_tokens)
         chunks = self.prefill_chunks(self.prefilling, self.config.max_prefill_tokens)
+        for chunk in chunks:
+            self.prefill_started_at.setdefault(chunk.request_id, now)
         return [self.prefill_launch(chunks, self.config.num_sms, PREFILL)] if chunks else []
 
     def _advance_prefill(self, launch: Launch, now: float) -> None:
@@ -40,7 +44,7 @@ class DisaggPrefill(SchedulerCore):
             del self.states[state.id]
             if self.handoff is None:
                 raise RuntimeError("prefill instance has no handoff target")
-            self.handoff(state, now)
+            self.handoff(state, now, self.prefill_started_at.pop(state.id, now))
         self.ready.clear()
 
     def install_prefix(self, chain: list[int], num_tokens: int, tmp_id: int) -> bool:

@@ -38,8 +38,9 @@ def lone_expected(policy: str, source, num_groups: int = 1) -> list[float]:
     else:  # layer groups split the prefill's time exactly; each pays the launch overhead
         t = prefill + num_groups * LAYER_GROUP_LAUNCH_S
     times = [t]
-    if policy == "disagg":  # the prompt's KV moves to the decode instance first
-        t += Link().transfer_s(PROMPT * MODEL.kv_bytes_per_token)
+    if policy == "disagg":  # the prompt's KV streams to the decode instance while it is computed
+        kv_bytes = PROMPT * MODEL.kv_bytes_per_token
+        t = max(Link().transfer_s(kv_bytes), t + Link().transfer_s(kv_bytes / MODEL.num_layers))
     decode_sms = GPU.num_sms // 2 if policy == "static_split" else GPU.num_sms
     for k in range(1, OUTPUT):
         t += source.decode_s(1, PROMPT + k, decode_sms)
@@ -138,3 +139,20 @@ def test_same_inputs_give_byte_identical_records(policy):
     simulate(shared_system_prompt(20, 30.0, rng=9), cfg)  # unrelated run in between: no state leaks
     b = records_json(simulate(list(reqs), cfg))
     assert a == b
+
+
+def test_disagg_kv_streams_during_the_prefill_so_only_the_last_layer_waits():
+    # DistServe / Mooncake send KV layer by layer while the prompt is computed: the second token of a long
+    # prompt is not held back by the whole transfer (0.3 s here), only by the last layer's share
+    prompt = 60000
+    requests = [Request(0, 0.0, prompt, 3)]
+    base = SimConfig(policy="disagg", num_instances=2, block_size=16, record_timeline=False)
+    streamed = simulate(requests, base).records[0]
+    after = simulate(requests, dataclasses.replace(base, kv_stream=False)).records[0]
+    model, link = get_model(base.model), Link(base.link_gbps)
+    whole = link.transfer_s(prompt * model.kv_bytes_per_token)
+    last_layer = link.transfer_s(prompt * model.kv_bytes_per_token / model.num_layers)
+    gap = lambda rec: rec.token_at[1] - rec.token_at[0]
+    assert streamed.token_at[0] == after.token_at[0]  # the first token comes from the prefill instance
+    assert gap(after) >= whole
+    assert last_layer <= gap(streamed) < whole / 4
