@@ -6,7 +6,7 @@ model's worst-case slowdown over the coarse grid of DESIGN.md 4.3.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import itertools
 
 from sim.contention import ContentionModel
@@ -72,4 +72,6 @@ def estimator_for(key: tuple, source, contention, gpu, model, menu) -> Estimator
     because schedulers refine the guards online."""
     if key not in _FITTED:
         _FITTED[key] = fit_estimator(source, contention, gpu, model, menu)
-    return copy.deepcopy(_FITTED[key])
+    fitted = _FITTED[key]
+    # the coefficients are shared read-only; only the guards change while a run refines them
+    return dataclasses.replace(fitted, decode_guard=fitted.decode_guard.copy(), prefill_guard=fitted.prefill_guard.copy())

@@ -56,6 +56,11 @@ class GuardTable:
         else:
             self.factors[cell] = max(current - self.decay * (current - ratio), max(recent), 1.0)
 
+    def copy(self) -> "GuardTable":
+        """An independent table (online refinement of one must not leak into the other)."""
+        return GuardTable(dict(self.factors), self.default, self.decay, self.window,
+                          {cell: deque(q, maxlen=q.maxlen) for cell, q in self._recent.items()})
+
     @property
     def worst(self) -> float:
         return max(self.factors.values(), default=self.default)
