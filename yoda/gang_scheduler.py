@@ -406,6 +406,11 @@ class GangScheduler(SchedulerCore):
         (or misses it either way).
         `sms`: the prefill partition both would run on (as _launch_prefill sizes it; more would be optimistic)."""
         job = self.job
+        idle = [s for s in self.prefilling if not s.in_flight and s.remaining_prefill > 0 and s not in job.states]
+        candidates = [s for s in itertools.chain(idle, itertools.islice(self.waiting, self.PREEMPT_SCAN))
+                      if self._deadline(s) >= now]  # one that cannot make it any more has no reason to jump
+        if not candidates:
+            return
         left_frac = 1 - job.layers_done / self.config.num_layers
         job_left_s = left_frac * self.est.prefill_s([c.num_new for c in job.chunks], [c.start_len for c in job.chunks], sms)
         # the long requests' TTFT comes after their whole remaining prompt, not just this job
@@ -415,10 +420,7 @@ class GangScheduler(SchedulerCore):
         job_deadline = min(self._deadline(s) for s in job.states)
         # a long job that misses its TTFT anyway loses nothing by a short delay
         long_misses_anyway = now + long_left_s > job_deadline
-        idle = [s for s in self.prefilling if not s.in_flight and s.remaining_prefill > 0 and s not in job.states]
-        for state in itertools.chain(idle, itertools.islice(self.waiting, self.PREEMPT_SCAN)):
-            if self._deadline(state) < now:
-                continue  # it cannot make it any more: no reason to delay the long one
+        for state in candidates:
             short_s = self.est.prefill_s([state.remaining_prefill], [state.prefilled_len], sms)
             if short_s > job_left_s / 2:
                 continue  # only a clearly shorter prefill may jump

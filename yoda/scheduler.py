@@ -359,14 +359,20 @@ class SchedulerCore:
         """Steps a run may take past the KV block boundaries its requests cross: all of them when the free
         blocks cover every crossing (no preemption can be needed, so the blocks are taken now), else up to
         the first crossing (where decode_batch grows, preempting on shortage)."""
-        clock, bs, kv = self.step_clock[0], self.config.block_size, self.kv
+        clock, bs, kv, heap = self.step_clock[0], self.config.block_size, self.kv, self._grow_heap
         end = clock + steps
-        due = {e[3] for e in self._grow_heap if e[0] < end and e[2] == e[3].epoch and e[3].step_clock is not None}
+        popped = []
+        while heap and heap[0][0] < end:
+            popped.append(heapq.heappop(heap))
+        due = {e[3]: None for e in popped if e[2] == e[3].epoch and e[3].step_clock is not None}  # ordered, unique
         need = sum(max(0, -(-(s.context_len + steps - 1) // bs) - len(kv.block_table(s.id))) for s in due)
         if need > kv.num_free_blocks:
-            return self._grow_heap[0][0] - clock
+            for entry in popped:
+                heapq.heappush(heap, entry)
+            return heap[0][0] - clock
         for state in sorted(due, key=lambda s: s.order):  # deterministic block ids
             kv.extend(state.id, state.context_len + steps - 1)
+            self._push_growth(state)  # its next crossing lies at or after the run's end
         return steps
 
     def prefill_launch(self, chunks: Sequence[PrefillChunk], num_sms: int, lane: str, layer_start: int = 0,
