@@ -346,3 +346,28 @@ def test_each_ablation_runs_in_the_simulator(ablation):
                                    block_size=16, check_every=1))
     assert res.metrics["completed"] == 30
     assert all(len(r.token_at) == r.output_len for r in res.records)
+
+
+# ---- shared prefixes ---------------------------------------------------------------------------------------
+def shared_prefix_pair(gap_s=0.0):
+    """Two prompts arriving together that share 8 uncached 512-token blocks (a document, an earlier turn)."""
+    doc = tuple(range(1, 9))
+    return [Request(0, 0.0, 4096, 4, block_hashes=doc), Request(1, gap_s, 4096 + 512, 4, block_hashes=doc + (99,))]
+
+
+def test_a_request_with_slack_waits_for_a_shared_prefix_admitted_in_the_same_round():
+    s = gang(slo=SLO(ttft_ms=5000, tbt_ms=50))
+    drive(s, shared_prefix_pair())
+    first, second = s.records
+    assert second.reused_len == 4096, "the second prompt should reuse the first one's document"
+    assert s.counters["prefix_deferrals"] > 0
+    assert second.ttft_s <= 5.0 and first.ttft_s <= 5.0
+
+
+def test_a_request_without_slack_computes_the_shared_prefix_itself():
+    # waiting for the first prompt's job would take it past its TTFT target: it is admitted at once
+    s = gang(slo=SLO(ttft_ms=600, tbt_ms=50))
+    drive(s, shared_prefix_pair())
+    first, second = s.records
+    assert second.reused_len == 0
+    assert second.ttft_s <= 0.6 and first.ttft_s <= 0.6
