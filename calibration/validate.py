@@ -176,6 +176,8 @@ def simulate_profile(requests: Sequence[Request], cfg: ValidateConfig, meta: dic
     options = dict(cfg.policy_options)
     if cfg.policy == "yoda":
         options["estimator"] = estimator or load_estimator(cfg.profile)
+        # the executor runs one decode step per launch, so its gangs are the paper's one-iteration gangs
+        options.setdefault("gang_steps", 1)
     else:
         options = {k: v for k, v in options.items() if k not in ("granularity", "step_sms")}
     scheduler = make_scheduler(cfg.policy, sched_cfg, cfg.slo, **options)

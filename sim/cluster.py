@@ -68,7 +68,9 @@ class Cluster:
     # ---- disaggregation -------------------------------------------------------------------------------
     def _handoff(self, state: RequestState, now: float, prefill_started_at: float | None = None) -> None:
         dst = min(self.decode, key=lambda g: (len(g.scheduler.states), self.decode.index(g)))
-        num_bytes = (state.context_len - 1) * self.kv_bytes_per_token
+        # only the blocks the decode instance does not hold already move (a shared document, an earlier turn)
+        cached = dst.scheduler.kv.match_prefix(state.chain) * dst.scheduler.config.block_size
+        num_bytes = max(state.context_len - 1 - cached, 0) * self.kv_bytes_per_token
         produced_from = prefill_started_at if self.stream_layers else None
         self.env.timeout(self._reserve_link(dst, num_bytes, produced_from)).callbacks.append(
             lambda _e: (dst.scheduler.receive(state, self.env.now), dst.kick()))

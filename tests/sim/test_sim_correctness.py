@@ -5,12 +5,13 @@ import json
 
 import numpy as np
 import pytest
+import simpy
 
 from sim.cluster import Link
 from sim.hardware import get_gpu
 from sim.latency import LAYER_GROUP_LAUNCH_S
 from sim.model_spec import get_model
-from sim.run import SimConfig, make_latency, simulate
+from sim.run import SimConfig, build, make_latency, simulate
 from traces import SAMPLE_DIR, load_trace, retime_poisson, shared_system_prompt, trace_stats
 from yoda.request import SLO, Request
 from yoda.scheduler import REJECT_TOO_LONG
@@ -156,3 +157,20 @@ def test_disagg_kv_streams_during_the_prefill_so_only_the_last_layer_waits():
     assert streamed.token_at[0] == after.token_at[0]  # the first token comes from the prefill instance
     assert gap(after) >= whole
     assert last_layer <= gap(streamed) < whole / 4
+
+
+def test_disagg_moves_only_the_kv_blocks_the_decode_instance_lacks():
+    # a follow-up on the same 16K-token document: its blocks stay cached at the decode instance after the
+    # first request, so only the follow-up's own tail crosses the link
+    doc = tuple(range(1, 33))  # 32 blocks of 512 tokens
+    requests = [Request(0, 0.0, 16384 + 100, 4, block_hashes=doc + (100,)),
+                Request(1, 5.0, 16384 + 200, 4, block_hashes=doc + (200,))]
+    cfg = SimConfig(policy="disagg", num_instances=2, block_size=16, record_timeline=False)
+    env = simpy.Environment()
+    cluster = build(cfg, env, 16)
+    env.process(cluster.replay_open_loop(requests))
+    env.run()
+    per_token = get_model(cfg.model).kv_bytes_per_token
+    first = (16384 + 100 - 1) * per_token
+    assert cluster.num_transfers == 2
+    assert first <= cluster.transferred_bytes <= first + (200 + 16) * per_token
