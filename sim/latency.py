@@ -93,6 +93,7 @@ class RooflineLatency:
             m.num_layers * m.linear_flops_per_token_layer, m.lm_head_flops_per_token,
             m.num_layers * m.attention_flops_per_pair, m.num_layers * m.layer_weight_bytes + m.lm_head_bytes,
             m.num_layers * m.activation_bytes_per_token_layer, m.kv_bytes_per_token))
+        object.__setattr__(self, "_rates", {})  # num_sms -> (usable FLOP/s, usable bytes/s)
 
     def work(self, new_lens: Sequence[int], reused_lens: Sequence[int], batch: int, kv_len: int) -> Work:
         m, num_layers = self.model, self.model.num_layers
@@ -119,8 +120,11 @@ class RooflineLatency:
     def compute_memory_s(self, work: Work, num_sms: int) -> tuple[float, float, float, float]:
         """(GEMM compute, GEMM memory, attention compute, attention memory) seconds on `num_sms` SMs.
         Attention sums the prefill and decode kernels' bound times (they run one after the other)."""
-        flops = self.gpu.peak_flops * self.gpu.compute_share(num_sms)
-        bandwidth = self.gpu.hbm_bytes_per_s * self.mbu * self.gpu.bandwidth_share(num_sms)
+        rates = self._rates.get(num_sms)  # type: ignore[attr-defined]
+        if rates is None:
+            rates = self._rates[num_sms] = (self.gpu.peak_flops * self.gpu.compute_share(num_sms),  # type: ignore[attr-defined]
+                                            self.gpu.hbm_bytes_per_s * self.mbu * self.gpu.bandwidth_share(num_sms))
+        flops, bandwidth = rates
         gemm_c = work.gemm_flops / (flops * self.gemm_efficiency(max(work.num_tokens, 1)))
         p_c, p_m = work.attention_flops / (flops * self.attention_mfu), work.kv_bytes / bandwidth
         d_c, d_m = work.decode_attention_flops / (flops * self.attention_mfu), work.decode_kv_bytes / bandwidth
