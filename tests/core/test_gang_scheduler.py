@@ -289,7 +289,7 @@ def test_short_prefill_preempts_a_long_one_and_both_meet_ttft():
 
 
 MULTI_JOB_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "default policy, long prompt split over several prefill jobs (prefill_tokens < prompt): _maybe_preempt "
+    "TTFT-aware split, long prompt split over several prefill jobs (prefill_tokens < prompt): _maybe_preempt "
     "counts only the running job's remaining layers (not the request's later chunks) on the current prefill "
     "partition, which the TTFT-aware split then resizes; the long request misses a target it met without "
     "preemption (1.93 s > 1.81 s)"))
@@ -305,7 +305,8 @@ MULTI_JOB_XFAIL = pytest.mark.xfail(strict=True, reason=(
     pytest.param({}, 16000, 32768, 0.15, 5, id="default-1job-early"),
     pytest.param({}, 16000, 32768, 0.6, 1, id="default-1job-late"),
     pytest.param({}, 6000, 32768, 0.15, 5, id="default-short-long"),
-    pytest.param({}, 16000, 8192, 0.3, 10, id="default-2jobs-mid", marks=MULTI_JOB_XFAIL),
+    pytest.param({}, 16000, 8192, 0.3, 10, id="default-2jobs-mid"),
+    pytest.param({"ttft_aware_split": True}, 16000, 8192, 0.3, 10, id="ttft-aware-2jobs-mid", marks=MULTI_JOB_XFAIL),
 ])
 def test_preemption_never_makes_the_long_prefill_miss_a_ttft_it_would_meet(options, long_len, prefill_tokens,
                                                                            short_at, slack_ms):
