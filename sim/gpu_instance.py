@@ -62,7 +62,7 @@ class Timeline:
 class GpuInstance:
     def __init__(self, env: simpy.Environment, index: int, scheduler, latency: LatencySource,
                  contention: ContentionModel, gpu: GpuSpec, model: ModelSpec, record_timeline: bool = True,
-                 check_every: int = 0, max_decode_steps: int = 64, cut_prefill_groups: bool = True) -> None:
+                 check_every: int = 0, max_decode_steps: int = 64) -> None:
         self.env, self.index, self.scheduler = env, index, scheduler
         self.latency, self.contention, self.gpu, self.model = latency, contention, gpu, model
         self.running: dict[str, _Running] = {}
@@ -75,7 +75,7 @@ class GpuInstance:
         scheduler.max_decode_steps = max_decode_steps
         # a scheduler that plans several layers per launch and re-decides at layer boundaries lets the
         # backend stop a group early (SchedulerCore.prefill_groups_cuttable)
-        self.cut_prefill_groups = cut_prefill_groups and getattr(scheduler, "prefill_groups_cuttable", False)
+        self.cut_prefill_groups = getattr(scheduler, "prefill_groups_cuttable", False)
 
     # ---- inputs ---------------------------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -151,10 +151,7 @@ class GpuInstance:
                 if run.segments is not None and rate != run.rate:
                     run.segments.append((now, run.total_s - run.remaining_s, rate))
                 run.rate = rate
-                self._version += 1
-                run.version = self._version
-                delay = max(run.remaining_s, 0.0) / rate
-                self.env.timeout(delay).callbacks.append(partial(self._done, lane, run.version))
+                self._schedule_done(lane, run, max(run.remaining_s, 0.0) / rate)
 
     def _done(self, lane: str, version: int, _event) -> None:
         run = self.running.get(lane)
@@ -207,9 +204,13 @@ class GpuInstance:
             run.total_s = ends[-1]
             run.remaining_s = max(ends[-1] - drained, 0.0)
             run.updated_at = now
-            self._version += 1
-            run.version = self._version
-            self.env.timeout(run.remaining_s / run.rate).callbacks.append(partial(self._done, lane, run.version))
+            self._schedule_done(lane, run, run.remaining_s / run.rate)
+
+    def _schedule_done(self, lane: str, run: _Running, delay: float) -> None:
+        """(Re)schedule a launch's completion; earlier scheduled completions become stale."""
+        self._version += 1
+        run.version = self._version
+        self.env.timeout(delay).callbacks.append(partial(self._done, lane, run.version))
 
     def _log(self, launch: Launch, solo_s: float) -> None:
         tl = self.timeline

@@ -58,18 +58,34 @@ class SlackAdmission:
             return []
         keys = set().union(*(self._chain_set(s) for s in computing))
         deferred = []
+        wait_s = None  # the same for every candidate: computed once, when the first one needs it
         for state in list(itertools.islice(self.waiting, self.NEED_SCAN)):
             hit = self.kv.match_prefix(state.chain)
-            if hit < len(state.chain) and state.chain[hit] in keys and self._can_wait_for_prefix(state, hit, computing, now):
-                deferred.append(state)
+            if hit < len(state.chain) and state.chain[hit] in keys:
+                if wait_s is None:
+                    wait_s = self._next_round_wait_s()
+                if self._can_wait_for_prefix(state, hit, computing, wait_s, now):
+                    deferred.append(state)
         for state in deferred:
             self.waiting.remove(state)
         self.counters["prefix_deferrals"] += len(deferred)
         return deferred
 
-    def _can_wait_for_prefix(self, state: RequestState, hit: int, computing: list[RequestState], now: float) -> bool:
-        """Whether `state` still meets its TTFT (with the safety margin) if it waits for the prefill that
-        computes its next prefix blocks and then prefills only what that prefill does not give it."""
+    def _next_round_wait_s(self) -> float:
+        """Solo-GPU seconds until the next admission round: the job being built (up to prefill_tokens of
+        admitted prompts, or the admitted prompts' rest) plus what the running jobs still have to do."""
+        queued_s = sum(self._solo_prefill_s(o) for o in self.prefilling if not o.in_flight)
+        queued_s = max(queued_s, self.est.prefill_s([self.opts.prefill_tokens], [0], self.config.num_sms))
+        for job in (self.job, self.suspended):
+            if job is not None:
+                queued_s += job.est_s * (1 - job.layers_done / self.config.num_layers)
+        return queued_s
+
+    def _can_wait_for_prefix(self, state: RequestState, hit: int, computing: list[RequestState], wait_s: float,
+                             now: float) -> bool:
+        """Whether `state` still meets its TTFT (with the safety margin) if it waits `wait_s` (solo-GPU
+        seconds, see _next_round_wait_s) for the prefill that computes its next prefix blocks and then
+        prefills only what that prefill does not give it."""
         chain = state.chain
         producer = next(p for p in computing if chain[hit] in self._chain_set(p))
         keys, shared = self._chain_set(producer), hit
@@ -77,16 +93,9 @@ class SlackAdmission:
             shared += 1
         reused = shared * self.config.block_size
         own_s = self.est.prefill_s([max(state.target_len - reused, 1)], [reused], self.config.num_sms)
-        # the producer finishes with the job being built (up to prefill_tokens of admitted prompts, or the
-        # running job's rest); this request can be admitted only at the next round, once that is done
-        queued_s = sum(self._solo_prefill_s(o) for o in self.prefilling if not o.in_flight)
-        queued_s = max(queued_s, self.est.prefill_s([self.opts.prefill_tokens], [0], self.config.num_sms))
-        for job in (self.job, self.suspended):
-            if job is not None:
-                queued_s += job.est_s * (1 - job.layers_done / self.config.num_layers)
         # the prefill partition is what decode leaves (as the last decode choice wanted it)
         share = max(self.menu.usable_sms - self._desired_decode_sms, self.opts.step_sms) / self.config.num_sms
-        return now + (queued_s + own_s) / share * self.opts.ttft_safety <= self._deadline(state)
+        return now + (wait_s + own_s) / share * self.opts.ttft_safety <= self._deadline(state)
 
     def _chain_set(self, state: RequestState) -> frozenset[int]:
         found = self._chain_sets.get(state.id)
