@@ -117,6 +117,8 @@ class Engine:
             raise ValueError(f"launch repeats a request or reuses one still running: {ids}")
         if any(f.launch.lane == launch.lane for f in self._in_flight):
             raise ValueError(f"the {launch.lane} lane is busy: one launch per lane at a time")
+        if launch.num_steps != 1:  # the executor runs one iteration per launch (max_decode_steps = 1)
+            raise ValueError(f"the executor runs one step per launch, got num_steps={launch.num_steps}")
         if launch.prefill and launch.num_layers != self.model.num_layers:
             raise ValueError(f"launch for {launch.num_layers} layers, model has {self.model.num_layers}")
         stream = self.partitions.stream_for(launch.lane, launch.num_sms)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -25,6 +25,12 @@ from sim.hardware import GpuSpec
 from sim.model_spec import ModelSpec
 from yoda.backend import Launch
 from yoda.request import Request
+
+
+def _ran(launch: Launch, num_steps: int, layer_end: int, step_ends: tuple[float, ...] = ()) -> Launch:
+    """A copy of `launch` reporting what ran (dataclasses.replace is several times slower)."""
+    return Launch(launch.lane, launch.num_sms, launch.decode_ids, launch.decode_kv_len, launch.prefill,
+                  launch.layer_start, layer_end, launch.num_layers, num_steps, step_ends)
 
 
 @dataclass(slots=True)
@@ -67,6 +73,7 @@ class GpuInstance:
         self.latency, self.contention, self.gpu, self.model = latency, contention, gpu, model
         self.running: dict[str, _Running] = {}
         self._decision_pending = False
+        self._rates_stale = False  # a lane ended and the other's rate is not re-derived yet
         self._version = 0
         self.busy_s = 0.0
         self.check_every = check_every
@@ -81,14 +88,17 @@ class GpuInstance:
     def submit(self, request: Request) -> None:
         self.scheduler.on_arrival(request, self.env.now)
         self.scheduler.records[-1].instance = self.index  # on_arrival appended this request's record
-        self.kick()
+        if self.running:
+            busy = tuple(self.running)
+            self._cut_runs([lane for lane in busy if self.scheduler.arrival_cuts(lane, busy)])
+        self.kick(cut=False)
 
     def kick(self, cut: bool = True) -> None:
         """Ask the scheduler for a plan once all events of this instant have been delivered. With `cut`,
         something happened that the scheduler must react to, so multi-unit launches stop at their next
         unit boundary."""
         if cut:
-            self._cut_runs()
+            self._cut_runs(tuple(self.running))
         if not self._decision_pending:
             self._decision_pending = True
             self.env.timeout(0).callbacks.append(self._decide)
@@ -99,6 +109,8 @@ class GpuInstance:
         busy = {lane: r.launch for lane, r in self.running.items()}
         launches = self.scheduler.schedule(self.env.now, busy)
         if not launches:
+            if self._rates_stale:
+                self._retime()
             return
         for launch in launches:
             if launch.lane in self.running:
@@ -123,20 +135,34 @@ class GpuInstance:
         self._retime()
 
     def _step_ends_solo(self, launch: Launch) -> list[float]:
-        """Cumulative solo time of each step of a multi-step decode: the batch's context grows by one token
-        a step. Step time is linear in context within a regime of the latency source; when the middle step
-        lies on the line through the first and last, the steps are that arithmetic progression (3 latency
-        calls instead of one per step), otherwise each step is asked for."""
-        b, kv, n, sms, step_s = len(launch.decode_ids), launch.decode_kv_len, launch.num_steps, launch.num_sms, self.latency.decode_s
-        first, last = step_s(b, kv, sms), step_s(b, kv + (n - 1) * b, sms)
+        """Cumulative solo time of each step of a multi-step launch: the decode batch's context grows by one
+        token a step and a prefill chunk moves one chunk further into its prompt. Step time is linear in
+        both within a regime of the latency source; when the middle step lies on the line through the first
+        and last, the steps are that arithmetic progression (3 latency calls instead of one per step),
+        otherwise each step is asked for."""
+        n = launch.num_steps
+        step_s = self._step_solo_s(launch)
+        first, last = step_s(0), step_s(n - 1)
         mid = (n - 1) // 2
         slope = (last - first) / (n - 1)
-        if abs(step_s(b, kv + mid * b, sms) - (first + slope * mid)) <= 1e-9 * last:
+        if abs(step_s(mid) - (first + slope * mid)) <= 1e-9 * last:
             return [(j + 1) * first + slope * j * (j + 1) / 2 for j in range(n)]
-        return list(itertools.accumulate(step_s(b, kv + j * b, sms) for j in range(n)))
+        return list(itertools.accumulate(step_s(j) for j in range(n)))
+
+    def _step_solo_s(self, launch: Launch) -> Callable[[int], float]:
+        """Solo time of step j of a multi-step launch."""
+        b, kv, sms, source = len(launch.decode_ids), launch.decode_kv_len, launch.num_sms, self.latency
+        if not launch.prefill:
+            return lambda j: source.decode_s(b, kv + j * b, sms)
+        (chunk,) = launch.prefill
+        new, start = [chunk.num_new], chunk.start_len
+        if b:
+            return lambda j: source.mixed_s(new, [start + j * new[0]], b, kv + j * b, sms)
+        return lambda j: source.prefill_s(new, [start + j * new[0]], sms) + LAYER_GROUP_LAUNCH_S
 
     def _retime(self) -> None:
         """Re-derive each running launch's rate from what runs beside it and reschedule its completion."""
+        self._rates_stale = False
         now = self.env.now
         running = self.running
         for lane, run in running.items():
@@ -160,13 +186,15 @@ class GpuInstance:
         del self.running[lane]
         now = self.env.now
         if run.segments is not None:
-            run.launch = replace(run.launch, step_ends=self._step_ends(run, now))
+            launch = run.launch
+            run.launch = _ran(launch, launch.num_steps, launch.layer_end, self._step_ends(run, now))
         self.busy_s += now - run.started_at
         self.scheduler.on_launch_done(run.launch, now)
         if self.on_launch_done is not None:
             self.on_launch_done(run.launch, now)
-        if self.running:
-            self._retime()
+        # the other lane now runs alone until the decision this instant (kicked below) starts what comes
+        # next: its rate is re-derived there, once, rather than here and again there
+        self._rates_stale = bool(self.running)
         if self.check_every and self.scheduler.num_steps % self.check_every == 0:
             self.scheduler.check_invariants()
         # a finished prefill joins the decode batch at the next step boundary: cut the decode run there
@@ -174,20 +202,24 @@ class GpuInstance:
 
     @staticmethod
     def _step_ends(run: _Running, now: float) -> tuple[float, ...]:
-        """Wall time of each step end of a multi-step decode, from the rate segments it ran through."""
-        ends, segments, k = [], run.segments, 0
-        for done in run.unit_ends[:-1]:
-            while k + 1 < len(segments) and segments[k + 1][1] <= done:
-                k += 1
-            at, drained, rate = segments[k]
-            ends.append(at + (done - drained) / rate)
+        """Wall time of each step end of a multi-step launch, from the rate segments it ran through."""
+        done, segments = run.unit_ends[:-1], run.segments
+        if len(segments) == 1:
+            at, drained, rate = segments[0]
+            return (*[at + (d - drained) / rate for d in done], now)
+        ends, lo = [], 0
+        for k, (at, drained, rate) in enumerate(segments):
+            hi = bisect.bisect_left(done, segments[k + 1][1], lo) if k + 1 < len(segments) else len(done)
+            ends += [at + (d - drained) / rate for d in done[lo:hi]]
+            lo = hi
         ends.append(now)
         return tuple(ends)
 
-    def _cut_runs(self) -> None:
-        """Stop every multi-unit launch at its first unit boundary from now on."""
+    def _cut_runs(self, lanes) -> None:
+        """Stop the multi-unit launches on `lanes` at their first unit boundary from now on."""
         now = self.env.now
-        for lane, run in self.running.items():
+        for lane in lanes:
+            run = self.running[lane]
             ends = run.unit_ends
             if ends is None or len(ends) == 1:
                 continue
@@ -198,9 +230,9 @@ class GpuInstance:
             del ends[done:]
             launch = run.launch
             if launch.num_steps > 1:
-                run.launch = replace(launch, num_steps=done)
+                run.launch = _ran(launch, done, launch.layer_end)
             else:
-                run.launch = replace(launch, layer_end=launch.layer_start + done)
+                run.launch = _ran(launch, 1, launch.layer_start + done)
             run.total_s = ends[-1]
             run.remaining_s = max(ends[-1] - drained, 0.0)
             run.updated_at = now

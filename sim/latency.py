@@ -96,22 +96,24 @@ class RooflineLatency:
         object.__setattr__(self, "_rates", {})  # num_sms -> (usable FLOP/s, usable bytes/s)
 
     def work(self, new_lens: Sequence[int], reused_lens: Sequence[int], batch: int, kv_len: int) -> Work:
-        m, num_layers = self.model, self.model.num_layers
         linear, lm_head, attn_pair, weights, activations, kv_per_token = self._consts  # type: ignore[attr-defined]
-        num_new = sum(new_lens)
+        if new_lens:
+            num_new, num_reused = sum(new_lens), sum(reused_lens)
+            # causal attention pairs of n new tokens after r cached ones: n * r + n (n + 1) / 2
+            pairs = sum(n * r + n * (n + 1) / 2 for n, r in zip(new_lens, reused_lens))
+        else:
+            num_new = num_reused = pairs = 0
         num_tokens = num_new + batch
         num_seqs = len(new_lens) + batch  # rows that reach the LM head
-        prefill_attn = sum(m.attention_flops_layer(n, r) for n, r in zip(new_lens, reused_lens)) if new_lens else 0.0
-        return Work(
-            gemm_flops=linear * num_tokens + lm_head * num_seqs,
-            attention_flops=num_layers * prefill_attn,
-            weight_bytes=weights,
-            activation_bytes=activations * num_tokens,
-            kv_bytes=kv_per_token * (sum(reused_lens) + 2 * num_new + batch),  # read prefix, write new
-            num_tokens=num_tokens,
-            decode_attention_flops=attn_pair * kv_len,
-            decode_kv_bytes=kv_per_token * kv_len,
-        )
+        # positional, in Work's field order (this runs for every simulated launch)
+        return Work(linear * num_tokens + lm_head * num_seqs,  # gemm_flops
+                    attn_pair * pairs,  # attention_flops (all layers)
+                    weights,
+                    activations * num_tokens,
+                    kv_per_token * (num_reused + 2 * num_new + batch),  # kv_bytes: read prefix, write new
+                    num_tokens,
+                    attn_pair * kv_len,  # decode_attention_flops
+                    kv_per_token * kv_len)  # decode_kv_bytes
 
     def gemm_efficiency(self, num_tokens: int) -> float:
         """Achieved share of peak for the linear layers: small M leaves tiles and waves partly idle."""

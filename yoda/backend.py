@@ -53,9 +53,11 @@ class Launch:
     layer_start: int = 0
     layer_end: int = 0
     num_layers: int = 0  # model depth, so a backend knows whether the prefill chunk completes
-    # Decode steps run back to back (a scheduler asks for more than one only when nothing else is pending
+    # Iterations run back to back (a scheduler asks for more than one only when nothing else is pending
     # and its backend allows it, see SchedulerCore.max_decode_steps). A backend may stop early at a step
     # boundary; it reports what ran by returning a copy with `num_steps` and each step's end time.
+    # A multi-step launch with prefill carries one chunk over all layers (chunked prefill continuing one
+    # prompt): step j prefills tokens [start_len + j * num_new, start_len + (j + 1) * num_new).
     num_steps: int = 1
     step_ends: tuple[float, ...] = ()
 
@@ -68,8 +70,11 @@ class Launch:
             raise ValueError(f"bad prefill layer range [{self.layer_start}, {self.layer_end}) of {self.num_layers}")
         if not self.decode_ids and not self.prefill:
             raise ValueError("empty launch")
-        if self.num_steps < 1 or (self.num_steps > 1 and self.prefill):
-            raise ValueError("only decode-only launches may run several steps")
+        if self.num_steps < 1:
+            raise ValueError("a launch runs at least one step")
+        if self.num_steps > 1 and self.prefill and (len(self.prefill) > 1 or self.layer_start != 0
+                                                    or self.layer_end != self.num_layers):
+            raise ValueError("a multi-step launch with prefill carries one chunk over all layers")
 
     @property
     def prefill_completes(self) -> bool:
@@ -79,6 +84,10 @@ class Launch:
     @property
     def num_prefill_tokens(self) -> int:
         return sum(c.num_new for c in self.prefill)
+
+    def prefill_end_len(self, chunk: PrefillChunk) -> int:
+        """Prompt tokens of `chunk`'s request whose KV exists once this launch has run all its steps."""
+        return chunk.end_len + chunk.num_new * (self.num_steps - 1)
 
 
 class Scheduler(Protocol):

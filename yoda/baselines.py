@@ -38,7 +38,21 @@ class ChunkedPrefill(SchedulerCore):
             return []
         if not chunks:
             return [self.decode_launch(batch, self.config.num_sms)]
-        return [self.prefill_launch(chunks, self.config.num_sms, DECODE, batch=batch)]
+        steps = self._repeat_steps(chunks, budget) if self.max_decode_steps > 1 else 1
+        return [self.prefill_launch(chunks, self.config.num_sms, DECODE, batch=batch, num_steps=steps)]
+
+    def _repeat_steps(self, chunks: list, budget_left: int) -> int:
+        """Iterations in a row that would be this one again, one chunk further into the same prompt: the
+        chunk fills the budget and the prompt does not finish, no decode finishes or needs a KV block that
+        is not reserved here, and nothing waits to join the batch. A backend that runs several at once cuts
+        them at an iteration boundary when a request arrives, so the result is that of single iterations."""
+        if len(chunks) != 1 or budget_left != 0 or self.ready:
+            return 1
+        chunk = chunks[0]
+        prompt_steps = (self.states[chunk.request_id].target_len - chunk.start_len - 1) // chunk.num_new
+        if prompt_steps <= 1:
+            return 1
+        return self._quiet_steps(min(prompt_steps, self.max_decode_steps))
 
 
 class PrefillFirst(SchedulerCore):

@@ -81,14 +81,37 @@ class Estimator:
     reports: list[FitReport] = field(default_factory=list)
     use_guard: bool = True
 
+    # coefficients per (phase, SM count, regime) with the SM interpolation folded in (predictions are
+    # linear in the coefficients); filled lazily, cleared when the fits change
+    _effective: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
     # ---- prediction -----------------------------------------------------------------------------
+    # NOTE: plain-Python arithmetic: this runs at every decision point and numpy's call overhead dominates
+    # for 3-4 features.
     def prefill_s(self, new_lens: Sequence[int], reused_lens: Sequence[int], num_sms: int) -> float:
-        feats = prefill_features(new_lens, reused_lens)
-        regime = _regime(sum(new_lens))
-        return self._interp(self.prefill_coef, num_sms, lambda by_regime: self._regime_coef(by_regime, regime), feats)
+        if len(new_lens) == 1:
+            n, r = new_lens[0] / 1024, reused_lens[0] / 1024
+            total, f0, f1, f2 = new_lens[0], n * n, n * r, n
+        else:
+            total = sum(new_lens)
+            f0, f1, f2, _ = prefill_features(new_lens, reused_lens)
+        a, b, c, d = self._coef("prefill", num_sms, _regime(total))
+        return max(a * f0 + b * f1 + c * f2 + d, 1e-6) / 1000
 
     def decode_s(self, batch: int, kv_len: int, num_sms: int) -> float:
-        return self._interp(self.decode_coef, num_sms, lambda c: c, (kv_len / 1024, float(batch), 1.0))
+        a, b, c = self._coef("decode", num_sms, 0)
+        return max(a * kv_len / 1024 + b * batch + c, 1e-6) / 1000
+
+    def _coef(self, phase: str, num_sms: int, regime: int) -> tuple[float, ...]:
+        key = (phase, num_sms, regime)
+        coef = self._effective.get(key)
+        if coef is None:
+            if phase == "prefill":
+                coef = self._interp(self.prefill_coef, num_sms, lambda by: self._regime_coef(by, regime))
+            else:
+                coef = self._interp(self.decode_coef, num_sms, lambda c: c)
+            self._effective[key] = coef
+        return coef
 
     @staticmethod
     def _regime_coef(by_regime: dict[int, tuple[float, ...]], regime: int) -> tuple[float, ...]:
@@ -98,22 +121,22 @@ class Estimator:
         return by_regime[nearest]
 
     @staticmethod
-    def _interp(table: dict, num_sms: int, pick, feats: Sequence[float]) -> float:
-        # NOTE: plain-Python dot products: this runs at every decision point and numpy's call overhead
-        # dominates for 3-4 features.
+    def _interp(table: dict, num_sms: int, pick) -> tuple[float, ...]:
+        """Coefficients at `num_sms`: linear between the nearest fitted sizes; outside the fitted range,
+        the nearest size's scaled by SMs below it (compute-bound edge) and unchanged above it."""
         if not table:
             raise ValueError("estimator has no fitted coefficients")
         if num_sms in table:
-            return max(sum(c * f for c, f in zip(pick(table[num_sms]), feats)), 1e-6) / 1000
+            return tuple(pick(table[num_sms]))
         sizes = sorted(table)
         i = bisect.bisect_left(sizes, num_sms)
         lo, hi = sizes[max(i - 1, 0)], sizes[min(i, len(sizes) - 1)]
-        t_lo = sum(c * f for c, f in zip(pick(table[lo]), feats))
-        t_hi = sum(c * f for c, f in zip(pick(table[hi]), feats))
-        if lo == hi:  # outside the fitted range: scale by SMs (compute-bound edge)
-            return max(t_lo * lo / num_sms if num_sms < lo else t_lo, 1e-6) / 1000
+        c_lo, c_hi = pick(table[lo]), pick(table[hi])
+        if lo == hi:
+            scale = lo / num_sms if num_sms < lo else 1.0
+            return tuple(c * scale for c in c_lo)
         w = (num_sms - lo) / (hi - lo)
-        return max(t_lo + w * (t_hi - t_lo), 1e-6) / 1000
+        return tuple(a + w * (b - a) for a, b in zip(c_lo, c_hi))
 
     def decode_guarded_s(self, batch: int, kv_len: int, num_sms: int, prefill_new: int, prefill_reused: int) -> float:
         solo = self.decode_s(batch, kv_len, num_sms)
@@ -165,4 +188,5 @@ class Estimator:
         """Refit on every sample (after the held-out check), keeping guards and reports."""
         full = Estimator.fit(samples, holdout=0.0)
         self.prefill_coef, self.decode_coef = full.prefill_coef, full.decode_coef
+        self._effective.clear()
         return self

@@ -20,7 +20,7 @@ import itertools
 import math
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from yoda.backend import DECODE, PREFILL, Launch
 from yoda.estimator import Estimator
@@ -97,6 +97,11 @@ class GangScheduler(SlackAdmission, SchedulerCore):
     @property
     def prefill_groups_cuttable(self) -> bool:
         return self.opts.layerwise
+
+    def arrival_cuts(self, lane: str, busy_lanes: Iterable[str]) -> bool:
+        # a decode run beside a running prefill keeps its partition: the new request waits for the prefill
+        # lane (whose group is cut at its next layer); a decode run alone on the GPU must make room
+        return lane != DECODE or PREFILL not in busy_lanes
 
     def _gang_steps(self) -> int:
         return max(1, min(self.opts.gang_steps, self.max_decode_steps))

@@ -116,6 +116,11 @@ class SchedulerCore:
     # that ran (the policy advances its job by what the launch reports, not by what it planned).
     prefill_groups_cuttable = False
 
+    def arrival_cuts(self, lane: str, busy_lanes: Iterable[str]) -> bool:
+        """Whether a backend should stop a multi-unit launch on `lane` at its next unit boundary when a
+        request arrives, so that this scheduler decides again (by default: yes)."""
+        return True
+
     # ---- events ---------------------------------------------------------------------------------
     def on_arrival(self, request: Request, now: float) -> None:
         record = RequestRecord.for_request(request)
@@ -167,7 +172,7 @@ class SchedulerCore:
         for chunk in launch.prefill:
             state = self.states[chunk.request_id]
             state.in_flight = False
-            state.prefilled_len = chunk.end_len
+            state.prefilled_len = launch.prefill_end_len(chunk)
             self.kv.commit(state.id, state.prefilled_len)
             if state.prefilled_len < state.target_len:
                 continue
@@ -376,13 +381,14 @@ class SchedulerCore:
         return steps
 
     def prefill_launch(self, chunks: Sequence[PrefillChunk], num_sms: int, lane: str, layer_start: int = 0,
-                       layer_end: int | None = None, batch: tuple[int, ...] = ()) -> Launch:
+                       layer_end: int | None = None, batch: tuple[int, ...] = (), num_steps: int = 1) -> Launch:
         for c in chunks:
             self.states[c.request_id].in_flight = True
         kv_len = self._claim_batch(batch)
         n = self.config.num_layers
         return Launch(lane, num_sms, decode_ids=batch, decode_kv_len=kv_len, prefill=tuple(chunks),
-                      layer_start=layer_start, layer_end=n if layer_end is None else layer_end, num_layers=n)
+                      layer_start=layer_start, layer_end=n if layer_end is None else layer_end, num_layers=n,
+                      num_steps=num_steps)
 
     def check_invariants(self) -> None:
         self.kv.check_invariants()

@@ -38,6 +38,25 @@ def test_multi_step_runs_give_the_token_times_of_single_steps(policy):
         assert multi[rid].token_at == pytest.approx(rec.token_at, rel=0, abs=1e-9)
 
 
+def test_chunked_prefill_iterations_of_one_long_prompt_run_as_one_launch_with_single_step_results():
+    # long prompts take many budget-sized chunks; the iterations that continue one prompt with an
+    # unchanged decode batch are one launch, cut when a request arrives, with the token times of
+    # one-iteration launches
+    rng = np.random.default_rng(5)
+    requests = [Request(i, i * 0.4, int(rng.integers(1500, 6000)), int(rng.integers(20, 150))) for i in range(24)]
+    base = dict(policy="chunked", block_size=16, record_timeline=False, check_every=1,
+                policy_options={"token_budget": 256})
+    single, single_launches = run_logged(requests, SimConfig(**base, max_decode_steps=1))
+    multi, multi_launches = run_logged(requests, SimConfig(**base, max_decode_steps=64))
+    mixed_runs = [l for _, l in multi_launches if l.prefill and l.num_steps > 1]
+    assert mixed_runs and any(l.decode_ids for l in mixed_runs) and any(not l.decode_ids for l in mixed_runs)
+    assert len(multi_launches) < len(single_launches) / 3
+    for rid, rec in single.items():
+        assert multi[rid].reused_len == rec.reused_len
+        assert len(multi[rid].token_at) == len(rec.token_at) == requests[rid].output_len
+        assert multi[rid].token_at == pytest.approx(rec.token_at, rel=0, abs=1e-9)
+
+
 def test_yoda_decode_runs_beside_a_prefill_and_step_ends_follow_contention():
     # one decoding request, then a long prompt: decode runs several steps beside the prefill lane
     requests = [Request(0, 0.0, 512, 400), Request(1, 0.5, 60000, 4)]
