@@ -23,6 +23,8 @@ PREFILL_REUSED = (0, 2048, 8192, 32768)
 PREFILL_BATCH = (1, 2, 4)
 DECODE_BATCH = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256)
 DECODE_CTX = (256, 1024, 4096, 16384)
+MIXED_NEW = (64, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+MIXED_REUSED = (0, 2048, 8192)
 
 
 def source_samples(source: LatencySource, menu: PartitionMenu) -> list[Sample]:
@@ -35,6 +37,10 @@ def source_samples(source: LatencySource, menu: PartitionMenu) -> list[Sample]:
     for sms in menu.decode_sizes():
         for b, ctx in itertools.product(DECODE_BATCH, DECODE_CTX):
             samples.append(Sample("decode", sms, 0, 0, b, b * ctx, source.decode_s(b, b * ctx, sms)))
+    # fused iterations run on the whole GPU (chunked prefill, Yoda's piggyback)
+    for n, r, b, ctx in itertools.product(MIXED_NEW, MIXED_REUSED, DECODE_BATCH, DECODE_CTX):
+        samples.append(Sample("mixed", menu.num_sms, n, r, b, b * ctx,
+                              source.mixed_s([n], [r], b, b * ctx, menu.num_sms)))
     return samples
 
 

@@ -4,8 +4,11 @@ squares, times a guard factor for what runs on the other lane.
 Solo models (milliseconds, token counts in units of 1024 as in the public fits):
     prefill  T_p(s) = a*Sum(n_i^2) + b*Sum(n_i*r_i) + c*Sum(n_i) + d      (n new, r reused tokens)
     decode   T_d(s) = a*Sum(kv_j) + b*batch + c
-Prefill is fitted per regime of total new tokens (like the public fits), each regime and SM size by
-least squares on relative error. Other SM sizes interpolate linearly between fitted ones.
+    mixed    T_m(s) = prefill terms of the chunk + e*Sum(kv_j) + f*batch     (one fused chunked iteration)
+Prefill and mixed are fitted per regime of total new tokens (like the public fits), each regime and SM
+size by least squares on relative error. Other SM sizes interpolate linearly between fitted ones. Without
+mixed samples, a mixed iteration is estimated as prefill + decode (an upper bound: the fused iteration
+reads the weights once).
 """
 from __future__ import annotations
 
@@ -19,11 +22,14 @@ import numpy as np
 from yoda.guard import GuardTable
 
 PREFILL_REGIMES = (2048, 8192, float("inf"))  # upper bounds of total new tokens
+# a fused iteration turns from weight-bandwidth-bound to compute-bound at a few hundred new tokens
+MIXED_REGIMES = (384, 2048, float("inf"))
 
 
 class Sample(NamedTuple):
     """One measured (or source-predicted) solo latency. Prefill: `batch` requests each with new_len new
-    tokens over reused_len cached ones. Decode: `batch` requests attending kv_len tokens in total."""
+    tokens over reused_len cached ones. Decode: `batch` requests attending kv_len tokens in total.
+    Mixed: one prefill chunk (new_len over reused_len) and a decode batch (`batch`, kv_len) in one step."""
 
     phase: str
     num_sms: int
@@ -47,7 +53,19 @@ def decode_features(batch: int, kv_len: int) -> list[float]:
 def _sample_features(s: Sample) -> list[float]:
     if s.phase == "prefill":
         return prefill_features([s.new_len] * s.batch, [s.reused_len] * s.batch)
+    if s.phase == "mixed":
+        return prefill_features([s.new_len], [s.reused_len]) + decode_features(s.batch, s.kv_len)[:2]
     return decode_features(s.batch, s.kv_len)
+
+
+def _mixed_regime(new_len: int) -> int:
+    return bisect.bisect_left(MIXED_REGIMES, new_len)
+
+
+def _group_regime(s: Sample) -> int:
+    if s.phase == "prefill":
+        return _regime(s.new_len * s.batch)
+    return _mixed_regime(s.new_len) if s.phase == "mixed" else 0
 
 
 def _regime(total_new: int) -> int:
@@ -76,6 +94,7 @@ class FitReport:
 class Estimator:
     prefill_coef: dict[int, dict[int, tuple[float, ...]]] = field(default_factory=dict)  # sms -> regime -> coef (ms)
     decode_coef: dict[int, tuple[float, ...]] = field(default_factory=dict)  # sms -> coef (ms)
+    mixed_coef: dict[int, dict[int, tuple[float, ...]]] = field(default_factory=dict)  # sms -> regime -> coef (ms)
     decode_guard: GuardTable = field(default_factory=GuardTable)
     prefill_guard: GuardTable = field(default_factory=GuardTable)
     reports: list[FitReport] = field(default_factory=list)
@@ -102,12 +121,28 @@ class Estimator:
         a, b, c = self._coef("decode", num_sms, 0)
         return max(a * kv_len / 1024 + b * batch + c, 1e-6) / 1000
 
+    def mixed_s(self, new_lens: Sequence[int], reused_lens: Sequence[int], batch: int, kv_len: int,
+                num_sms: int) -> float:
+        """One fused iteration: prefill chunks and `batch` decode tokens (chunked prefill, piggyback)."""
+        if not self.mixed_coef:
+            return self.prefill_s(new_lens, reused_lens, num_sms) + self.decode_s(batch, kv_len, num_sms)
+        if len(new_lens) == 1:
+            n, r = new_lens[0] / 1024, reused_lens[0] / 1024
+            total, f0, f1, f2 = new_lens[0], n * n, n * r, n
+        else:  # the prefill terms are sums over chunks, as in prefill_s
+            total = sum(new_lens)
+            f0, f1, f2, _ = prefill_features(new_lens, reused_lens)
+        a, b, c, d, e, f = self._coef("mixed", num_sms, _mixed_regime(total))
+        return max(a * f0 + b * f1 + c * f2 + d + e * kv_len / 1024 + f * batch, 1e-6) / 1000
+
     def _coef(self, phase: str, num_sms: int, regime: int) -> tuple[float, ...]:
         key = (phase, num_sms, regime)
         coef = self._effective.get(key)
         if coef is None:
             if phase == "prefill":
                 coef = self._interp(self.prefill_coef, num_sms, lambda by: self._regime_coef(by, regime))
+            elif phase == "mixed":
+                coef = self._interp(self.mixed_coef, num_sms, lambda by: self._regime_coef(by, regime))
             else:
                 coef = self._interp(self.decode_coef, num_sms, lambda c: c)
             self._effective[key] = coef
@@ -157,12 +192,11 @@ class Estimator:
         """Fit every (phase, SM size, regime) by least squares; report held-out relative error."""
         rng = random.Random(seed)
         est = cls()
-        for phase in ("prefill", "decode"):
+        for phase in ("prefill", "decode", "mixed"):
             groups: dict[tuple[int, int], list[Sample]] = {}
             for s in samples:
                 if s.phase == phase:
-                    key = (s.num_sms, _regime(s.new_len * s.batch) if phase == "prefill" else 0)
-                    groups.setdefault(key, []).append(s)
+                    groups.setdefault((s.num_sms, _group_regime(s)), []).append(s)
             errors: list[float] = []
             num_train = num_test = 0
             for (sms, regime), group in sorted(groups.items()):
@@ -171,8 +205,8 @@ class Estimator:
                 train, test = group[:cut], group[cut:]
                 coef = tuple(float(c) for c in _lstsq_relative([_sample_features(s) for s in train],
                                                                 [s.latency_s * 1000 for s in train]))
-                if phase == "prefill":
-                    est.prefill_coef.setdefault(sms, {})[regime] = coef
+                if phase in ("prefill", "mixed"):
+                    (est.prefill_coef if phase == "prefill" else est.mixed_coef).setdefault(sms, {})[regime] = coef
                 else:
                     est.decode_coef[sms] = coef
                 errors += [abs(sum(c * f for c, f in zip(coef, _sample_features(s))) / 1000 - s.latency_s) / s.latency_s
@@ -187,6 +221,6 @@ class Estimator:
     def refit_all(self, samples: Sequence[Sample]) -> "Estimator":
         """Refit on every sample (after the held-out check), keeping guards and reports."""
         full = Estimator.fit(samples, holdout=0.0)
-        self.prefill_coef, self.decode_coef = full.prefill_coef, full.decode_coef
+        self.prefill_coef, self.decode_coef, self.mixed_coef = full.prefill_coef, full.decode_coef, full.mixed_coef
         self._effective.clear()
         return self

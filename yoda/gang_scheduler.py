@@ -22,7 +22,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from yoda.backend import DECODE, PREFILL, Launch
+from yoda.backend import DECODE, PREFILL, Launch, PrefillChunk
 from yoda.estimator import Estimator
 from yoda.partitions import PartitionMenu
 from yoda.request import SLO
@@ -140,8 +140,9 @@ class GangScheduler(SlackAdmission, SchedulerCore):
     def _piggyback(self, now: float, batch: tuple[int, ...]) -> Launch | None:
         """When the whole prefill backlog is small, run it inside the decode step on the whole GPU: one
         mixed launch reads the weights once, which beats two partitions each reading them. Only if the
-        step's estimate (decode + prefill, conservatively summed) still meets the TBT target; a larger
-        backlog goes to the prefill partition as usual."""
+        fused step's estimate still meets the TBT target, counting the cached prefix each chunk attends to;
+        a larger backlog goes to the prefill partition as usual. (Mixing a chunk of a large backlog when
+        that moves prefill faster than the split was tried and measured no better: notes of 2026-11-29.)"""
         if not self.opts.piggyback or self.job is not None or self.suspended is not None or self.late:
             return None
         if len(self.waiting) > self.PIGGYBACK_SCAN:
@@ -153,6 +154,10 @@ class GangScheduler(SlackAdmission, SchedulerCore):
         job = self._new_job(now, token_budget=pending)
         if job is None:
             return None
+        new, reused = [c.num_new for c in job.chunks], [c.start_len for c in job.chunks]
+        if self.est.mixed_s(new, reused, len(batch), self.decode_kv_len, self.config.num_sms) > \
+                self.slo.tbt_s * self.opts.tbt_margin:
+            return None  # the budget assumed no cached prefix; these chunks attend to a long one
         return self.prefill_launch(job.chunks, self.config.num_sms, DECODE, batch=batch)
 
     def _mix_budget(self, batch_size: int, kv_len: int) -> int:
@@ -160,10 +165,9 @@ class GangScheduler(SlackAdmission, SchedulerCore):
         if key not in self._mix_memo:
             if len(self._mix_memo) > 65536:
                 self._mix_memo.clear()
-            target = self.slo.tbt_s * self.opts.tbt_margin
-            decode_s = self.est.decode_s(batch_size, kv_len, self.config.num_sms)
+            target, sms = self.slo.tbt_s * self.opts.tbt_margin, self.config.num_sms
             fits = [t for t in (64, 128, 256, 512, 1024, 2048)
-                    if decode_s + self.est.prefill_s([t], [0], self.config.num_sms) <= target]
+                    if self.est.mixed_s([t], [0], batch_size, kv_len, sms) <= target]
             self._mix_memo[key] = min(max(fits, default=0), self.opts.piggyback_tokens)
         return self._mix_memo[key]
 
@@ -338,15 +342,42 @@ class GangScheduler(SlackAdmission, SchedulerCore):
         # Admit just in time: only when the admitted prefills cannot fill this job. A request admitted
         # early matches the prefix cache as it is now, and would recompute a shared prefix (a document,
         # a previous turn) that a request ahead of it is still computing.
-        admitted = sum(s.remaining_prefill for s in self.prefilling if not s.in_flight)
-        budget = (token_budget or self.opts.prefill_tokens) - admitted
-        if room > len(self.prefilling) and budget > 0:
-            self._admit_by_slack(now, room - len(self.prefilling), budget)
+        idle = [s for s in self.prefilling if not s.in_flight]
+        budget = (token_budget or self.opts.prefill_tokens) - sum(s.remaining_prefill for s in idle)
+        # ...but a request more urgent than every admitted one (a short prompt behind a long one that
+        # still has slack) is admitted all the same: it goes first
+        ahead_of = min((self._slack_key(s, now) for s in idle), default=None) if budget <= 0 else None
+        if room > len(self.prefilling) and (budget > 0 or (ahead_of is not None and self.waiting)):
+            self._admit_by_slack(now, room - len(self.prefilling), budget, ahead_of)
         idle = sorted((s for s in self.prefilling if not s.in_flight), key=lambda s: self._slack_key(s, now))
-        chunks = self.prefill_chunks(idle, token_budget or self.opts.prefill_tokens)
+        chunks = self._fill_job(idle, token_budget or self.opts.prefill_tokens, now)
         if not chunks:
             return None
         return self._job(chunks)
+
+    def _fill_job(self, idle: list[RequestState], token_budget: int, now: float) -> list[PrefillChunk]:
+        """Chunks in slack order up to `token_budget` new tokens, but no chunk that would make the job end
+        after the TTFT deadline of a prompt it completes and that could meet it (a short prompt admitted
+        ahead of a long one is not held back by a chunk of the long one)."""
+        share = max(self.menu.usable_sms - self._desired_decode_sms, self.opts.step_sms) / self.config.num_sms
+        stretch = self.opts.ttft_safety / share  # from whole-GPU estimates to the prefill partition, with margin
+        chunks: list[PrefillChunk] = []
+        cap = float("inf")  # earliest deadline of a prompt the job completes and can still meet
+        for state in idle:
+            if token_budget <= 0:
+                break
+            if state.remaining_prefill <= 0:
+                continue
+            n = min(state.remaining_prefill, token_budget)
+            grown = chunks + [PrefillChunk(state.id, state.prefilled_len, n)]
+            end = now + stretch * self.est.prefill_s([c.num_new for c in grown], [c.start_len for c in grown],
+                                                     self.config.num_sms)
+            if chunks and end > cap:
+                break
+            chunks, token_budget = grown, token_budget - n
+            if n == state.remaining_prefill and end <= self._deadline(state):
+                cap = min(cap, self._deadline(state))
+        return chunks
 
     def _job(self, chunks) -> PrefillJob:
         job = PrefillJob(tuple(chunks), [self.states[c.request_id] for c in chunks])

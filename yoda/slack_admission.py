@@ -19,11 +19,14 @@ class SlackAdmission:
         deadline = self._deadline(state)
         return (deadline - now < self._solo_prefill_s(state), deadline, state.order)
 
-    def _admit_by_slack(self, now: float, max_requests: int, token_budget: int) -> None:
+    def _admit_by_slack(self, now: float, max_requests: int, token_budget: int,
+                        ahead_of: tuple | None = None) -> None:
         """Admit in TTFT-deadline order; requests that already missed their TTFT wait in `late` and go
         only when no request that can still make it is waiting. With one TTFT target arrival order is
         deadline order; with length-scaled targets the head of the queue is re-sorted by deadline (a short
-        prompt behind long ones has the earlier deadline)."""
+        prompt behind long ones has the earlier deadline). Admission stops when `token_budget` is used,
+        except for requests whose slack key is below `ahead_of` (the most urgent admitted prefill's): they
+        would go first, so they are admitted even when the admitted prompts fill the next job."""
         while self.waiting and self._deadline(self.waiting[0]) < now and self.waiting[0].num_generated == 0:
             self.late.append(self.waiting.popleft())
         if self.slo.ttft_ms_per_token > 0 and len(self.waiting) > 1:
@@ -35,9 +38,11 @@ class SlackAdmission:
         if self.waiting:
             # one at a time: a request admitted in this round starts computing its prefix, so a later one
             # sharing that prefix waits for it rather than computing it a second time
-            while token_budget > 0 and max_requests > 0 and self.waiting:
+            while max_requests > 0 and self.waiting:
                 deferred = self._defer_shared_prefixes(now)
-                admitted = self.admit_waiting(now, token_budget, 1)
+                go = self.waiting and (token_budget > 0 or (
+                    ahead_of is not None and self._slack_key(self.waiting[0], now) < ahead_of))
+                admitted = self.admit_waiting(now, token_budget, 1) if go else []
                 self.waiting.extendleft(reversed(deferred))
                 if not admitted:
                     break

@@ -288,6 +288,22 @@ def test_short_prefill_preempts_a_long_one_and_both_meet_ttft():
     assert pre[1] <= 3.2
 
 
+@pytest.mark.parametrize("options", [PAPER, {}], ids=["paper", "default"])
+def test_a_short_prompt_behind_a_long_multi_job_prompt_goes_first_at_the_next_job_without_preemption(options):
+    # the long prompt is admitted and prefilled in 2048-token jobs (~115 ms each); its remaining tokens fill
+    # every next job, yet the short one (earlier deadline) is admitted at the next job boundary and runs
+    # in a job of its own, not batched with a chunk of the long one that would delay its first token
+    slo = SLO(ttft_ms=200, tbt_ms=50, ttft_ms_per_token=0.2)  # long: 8 s, short: 200 ms
+    reqs = long_and_short(0.3, long_len=40000)
+    s = gang(slo=slo, kv_blocks=4000, preemption=False, prefill_tokens=2048, **options)
+    decisions = drive(s, reqs)
+    ttft = {r.request_id: r.ttft_s for r in s.records}
+    assert ttft[2] <= 0.2 < 2.0 < ttft[1] <= 8.0
+    with_short = [l for l in launches(decisions, PREFILL) + launches(decisions, DECODE)
+                  if any(c.request_id == 2 for c in l.prefill)]
+    assert with_short and all(c.request_id == 2 for l in with_short for c in l.prefill)
+
+
 MULTI_JOB_XFAIL = pytest.mark.xfail(strict=True, reason=(
     "TTFT-aware split, long prompt split over several prefill jobs (prefill_tokens < prompt): _maybe_preempt "
     "counts only the running job's remaining layers (not the request's later chunks) on the current prefill "

@@ -134,3 +134,23 @@ def test_growth_reservation_never_overcommits_a_small_cache():
                                            record_timeline=False))
         assert res.metrics["completed"] == len(requests)
         assert all(len(r.token_at) == 120 for r in res.records)
+
+
+def _steps_after(done, at):
+    """Step ends after `at` of the decode launch running at `at`."""
+    (launch,) = [l for e, l in done if l.lane == DECODE and l.step_ends and l.step_ends[0] <= at < e]
+    return sum(t > at for t in launch.step_ends)
+
+
+def test_an_arrival_cuts_a_yoda_decode_run_alone_but_not_one_beside_a_running_prefill():
+    cfg = SimConfig(policy="yoda", block_size=16, record_timeline=False, check_every=1)
+    # alone on the GPU: the run stops at its next step so the arrival's prefill gets SMs
+    _, done = run_logged([Request(0, 0.0, 512, 400), Request(1, 1.0, 200, 4)], cfg)
+    assert _steps_after(done, 1.0) == 1
+    # beside the long prompt's prefill: the partition stays, the run goes on; the new prompt waits for
+    # the prefill lane, whose group stops at its next layer
+    records, done = run_logged([Request(0, 0.0, 512, 400), Request(1, 0.3, 30000, 4),
+                                Request(2, 1.0, 200, 4)], cfg)
+    assert any(l.lane == PREFILL and l.prefill[0].request_id == 1 and e - 1e-9 <= 1.0 for e, l in done)
+    assert _steps_after(done, 1.0) > 1
+    assert len(records[0].token_at) == 400
