@@ -26,7 +26,8 @@ class SlackAdmission:
         deadline order; with length-scaled targets the head of the queue is re-sorted by deadline (a short
         prompt behind long ones has the earlier deadline). Admission stops when `token_budget` is used,
         except for requests whose slack key is below `ahead_of` (the most urgent admitted prefill's): they
-        would go first, so they are admitted even when the admitted prompts fill the next job."""
+        would go first, so they are admitted even when the admitted prompts fill the next job (unless an
+        admitted prefill is computing their next prefix blocks: admitted now, they would compute them again)."""
         while self.waiting and self._deadline(self.waiting[0]) < now and self.waiting[0].num_generated == 0:
             self.late.append(self.waiting.popleft())
         if self.slo.ttft_ms_per_token > 0 and len(self.waiting) > 1:
@@ -41,7 +42,8 @@ class SlackAdmission:
             while max_requests > 0 and self.waiting:
                 deferred = self._defer_shared_prefixes(now)
                 go = self.waiting and (token_budget > 0 or (
-                    ahead_of is not None and self._slack_key(self.waiting[0], now) < ahead_of))
+                    ahead_of is not None and self._slack_key(self.waiting[0], now) < ahead_of
+                    and not self._shares_a_prefix_being_computed(self.waiting[0])))
                 admitted = self.admit_waiting(now, token_budget, 1) if go else []
                 self.waiting.extendleft(reversed(deferred))
                 if not admitted:
@@ -75,6 +77,11 @@ class SlackAdmission:
             self.waiting.remove(state)
         self.counters["prefix_deferrals"] += len(deferred)
         return deferred
+
+    def _shares_a_prefix_being_computed(self, state: RequestState) -> bool:
+        hit = self.kv.match_prefix(state.chain)
+        return hit < len(state.chain) and any(
+            state.chain[hit] in self._chain_set(s) for s in self.prefilling if s.remaining_prefill > 0 and s.chain)
 
     def _next_round_wait_s(self) -> float:
         """Solo-GPU seconds until the next admission round: the job being built (up to prefill_tokens of
