@@ -59,6 +59,11 @@ class KVCache:
         return len(self._free) + len(self._lru)
 
     @property
+    def num_empty_blocks(self) -> int:
+        """Free blocks that hold no cached prefix (taking them evicts nothing)."""
+        return len(self._free)
+
+    @property
     def num_used_blocks(self) -> int:
         return self.num_blocks - self.num_free_blocks
 
