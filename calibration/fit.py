@@ -87,6 +87,8 @@ def fit_profile(directory: str | Path, plots: bool = True) -> dict:
         "prefill_coef": {str(s): {str(k): list(c) for k, c in by.items()}
                          for s, by in sorted(est.prefill_coef.items())},
         "decode_coef": {str(s): list(c) for s, c in sorted(est.decode_coef.items())},
+        "mixed_features": ["n^2", "n*r", "n", "1", "sum kv", "batch"],
+        "mixed_coef": {str(s): {str(k): list(c) for k, c in by.items()} for s, by in sorted(est.mixed_coef.items())},
         "reports": [dataclasses.asdict(r) for r in est.reports],
         "guard": {name: {"default": g.default, "num_cells": len(g.factors), "worst": g.worst}
                   for name, g in (("decode", est.decode_guard), ("prefill", est.prefill_guard))},

@@ -52,6 +52,9 @@ class Grid:
     contention_prefill: tuple[int, ...] = ()  # CUDA only: prefill new tokens beside decode
     contention_batch: tuple[int, ...] = ()
     contention_context: tuple[int, ...] = ()
+    # fused iterations (chunked prefill, Yoda's piggyback) on the whole device: a prefill chunk of each of
+    # these sizes beside every other decode grid batch and context
+    mixed_new: tuple[int, ...] = ()
 
 
 # NOTE: batch sizes 1 and 3 with power-of-two lengths keep every (batch x new_len) total distinct:
@@ -61,19 +64,21 @@ GRIDS: dict[str, dict[str, Grid]] = {
     # attention loops over sequences, so batched shapes would bend sim.profile_table's correction grid.
     "cpu": {
         "quick": Grid((1, 4, 16, 64, 128, 256, 384, 512, 768), (0, 128, 256, 512), (1,), 1024, (1, 2, 4, 8, 16),
-                      (64, 256, 1024), 5),
+                      (64, 256, 1024), 5, mixed_new=(16, 128)),
         "coarse": Grid((1, 4, 16, 32, 64, 128, 192, 256, 384, 512, 768, 1024), (0, 128, 256, 512, 1024), (1,), 1024,
-                       (1, 2, 4, 8, 16, 32), (64, 256, 512, 1024, 2048), 7),
+                       (1, 2, 4, 8, 16, 32), (64, 256, 512, 1024, 2048), 7, mixed_new=(16, 128, 512)),
         "full": Grid((1, 4, 16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048), (0, 64, 128, 256, 512,
-                     1024, 2048), (1,), 2048, (1, 2, 4, 8, 16, 32, 64), (32, 128, 256, 512, 1024, 2048), 9),
+                     1024, 2048), (1,), 2048, (1, 2, 4, 8, 16, 32, 64), (32, 128, 256, 512, 1024, 2048), 9,
+                     mixed_new=(16, 128, 512, 1024)),
     },
     "cuda": {
-        "quick": Grid((1, 512, 2048, 8192), (0, 2048), (1,), 8192, (1, 32, 128), (2048,), 2),
+        "quick": Grid((1, 512, 2048, 8192), (0, 2048), (1,), 8192, (1, 32, 128), (2048,), 2, mixed_new=(512, 2048)),
         "coarse": Grid((1, 64, 256, 1024, 2048, 4096, 8192), (0, 8192), (1, 3), 12288, (1, 8, 32, 64, 128, 256),
-                       (512, 2048, 8192), 3, (2048, 8192), (16, 64), (2048,)),
+                       (512, 2048, 8192), 3, (2048, 8192), (16, 64), (2048,), mixed_new=(256, 1024, 2048, 4096)),
         "full": Grid((1, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768), (0, 2048, 8192, 32768), (1, 3), 49152,
                      (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256), (256, 1024, 4096, 16384), 5,
-                     (2048, 8192, 32768), (1, 16, 64, 256), (1024, 4096, 16384)),
+                     (2048, 8192, 32768), (1, 16, 64, 256), (1024, 4096, 16384),
+                     mixed_new=(128, 256, 512, 1024, 2048, 4096, 8192)),
     },
 }
 
@@ -185,6 +190,26 @@ class Bench:
     def decode_launch(self, ids: list[int], kv_len: int, sms: int) -> Launch:
         return Launch(DECODE, self.backend.stream_sms(DECODE, sms), decode_ids=tuple(ids), decode_kv_len=kv_len)
 
+    def mixed_s(self, new_len: int, batch: int, context: int,
+                steps: int = DECODE_STEPS) -> tuple[list[float], int, bool]:
+        """Latencies of `steps` fused iterations on the whole device (after a warm-up one): a decode batch
+        and one prefill chunk of `new_len` tokens, as chunked prefill runs them; their mean total KV length."""
+        ids, shared = self.decode_ready(batch, context, steps + 1)
+        (rid,), _ = self.requests(1, new_len, new_len, 0)
+        layers, sms = self.model.num_layers, self.backend.num_sms
+        chunk = (PrefillChunk(rid, 0, new_len),)
+        try:
+            times, kv = [], []
+            for step in range(steps + 1):
+                kv_len = batch * (context + 1 + step)
+                launch = Launch(DECODE, self.backend.stream_sms(DECODE, sms), decode_ids=tuple(ids),
+                                decode_kv_len=kv_len, prefill=chunk, layer_end=layers, num_layers=layers)
+                times.append(self.run(launch))
+                kv.append(kv_len)
+        finally:
+            self.release(ids + [rid])
+        return times[1:], round(statistics.mean(kv[1:])), shared
+
     def decode_s(self, sms: int, batch: int, context: int,
                  steps: int = DECODE_STEPS) -> tuple[list[float], int, bool]:
         """Latencies of `steps` decode steps (after a warm-up step) and their mean total KV length."""
@@ -213,6 +238,10 @@ def sample_points(bench: Bench, grid: Grid) -> Iterator[tuple]:
         for b, c in itertools.product(grid.decode_batch, grid.decode_context):
             if c + DECODE_STEPS + 2 <= bench.max_len and bench.fits(b, c + DECODE_STEPS + 2, c):
                 yield ("decode", sms, 0, 0, b, c)
+    whole = bench.backend.num_sms
+    for n, b, c in itertools.product(grid.mixed_new, grid.decode_batch[::2], grid.decode_context[::2]):
+        if c + DECODE_STEPS + 2 <= bench.max_len and n <= bench.max_len and bench.fits(b + 1, c + DECODE_STEPS + n + 2, c):
+            yield ("mixed", whole, n, 0, b, c)
 
 
 def measure_point(bench: Bench, point: tuple, round_index: int = 0) -> dict:
@@ -222,6 +251,9 @@ def measure_point(bench: Bench, point: tuple, round_index: int = 0) -> dict:
     if phase == "prefill":
         times, shared = bench.prefill_s(sms, n, r, b)
         kv_len, stream = 0, bench.backend.stream_sms(PREFILL, sms)
+    elif phase == "mixed":
+        times, kv_len, shared = bench.mixed_s(n, b, c)
+        stream = bench.backend.stream_sms(DECODE, sms)
     else:
         times, kv_len, shared = bench.decode_s(sms, b, c)
         stream = bench.backend.stream_sms(DECODE, sms)

@@ -1,9 +1,12 @@
 """Measured latency tables: the file format calibration writes and the latency source that reads it.
 
 A profile directory holds `samples.csv` (or `samples.parquet`) and `metadata.json` (model, gpu, ...).
-Each sample row: phase (prefill | decode), num_sms, new_len, reused_len, batch, kv_len, latency_s.
+Each sample row: phase (prefill | decode | mixed), num_sms, new_len, reused_len, batch, kv_len, latency_s.
 A prefill row is a batch of `batch` identical requests of new_len new tokens after reused_len cached
-ones (kv_len unused); a decode row is one step of `batch` requests attending kv_len KV tokens in total.
+ones (kv_len unused); a decode row is one step of `batch` requests attending kv_len KV tokens in total;
+a mixed row is one fused iteration of such a decode batch and one prefill chunk of new_len tokens. Mixed
+rows train the policy's estimator (yoda.estimator); this latency source still prices a fused iteration
+from its prefill and decode surfaces (ProfileTableLatency.mixed_s).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from scipy.spatial import QhullError
 from sim.latency import MIN_PREDICTION_S
 
 COLUMNS = ("phase", "num_sms", "new_len", "reused_len", "batch", "kv_len", "latency_s")
-PHASES = ("prefill", "decode")
+PHASES = ("prefill", "decode", "mixed")
 
 
 def write_profile_table(directory: str | Path, samples: pd.DataFrame, metadata: dict) -> Path:

@@ -53,6 +53,20 @@ def test_calibrate_writes_a_profile_and_resumes(tmp_path: Path, tiny_grid: str) 
         measure.calibrate(out, open_backend("tiny", num_layers=1), tiny_grid, progress=False)
 
 
+def test_fused_iterations_are_measured_and_fitted(tmp_path: Path, monkeypatch) -> None:
+    grid = measure.Grid((1, 64, 256), (0,), (1,), 512, (1, 2, 4, 8), (64, 128, 256), 2, mixed_new=(16, 64, 256))
+    monkeypatch.setitem(measure.GRIDS["cpu"], "tiny-mixed", grid)
+    summary = measure.calibrate(tmp_path / "p", open_backend("tiny"), "tiny-mixed", progress=False)
+    rounds = pd.read_csv(tmp_path / "p" / "rounds.csv")
+    mixed = rounds[rounds["phase"] == "mixed"]
+    assert len(mixed) == 2 * 3 * 2 * 2 and (mixed["latency_s"] > 0).all()  # n x batch[::2] x context[::2] x rounds
+    assert (mixed["kv_len"] == mixed["batch"] * (mixed["context_len"] + 1 + (1 + measure.DECODE_STEPS) / 2)).all()
+    fit = json.loads((tmp_path / "p" / "fit.json").read_text())
+    assert set(fit["mixed_coef"]) == {"132"} and "mixed" in {r["phase"] for r in summary["fit_reports"]}
+    est = load_estimator(tmp_path / "p")
+    assert est.mixed_s([64], [0], 4, 4 * 128, 132) > 0
+
+
 def test_fresh_fit_reports_held_out_error(tmp_path: Path) -> None:
     summary = measure.calibrate(tmp_path / "p", open_backend("tiny"), "quick", progress=False)
     for report in summary["fit_reports"]:
