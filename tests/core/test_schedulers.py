@@ -319,3 +319,38 @@ def test_disagg_moves_every_request_through_a_decode_instance():
     for g in cluster.instances:
         assert not g.scheduler.has_work()
         g.scheduler.kv.check_invariants()
+
+
+def _decoding_alone(kv_blocks: int, cached_prompt: int = 0):
+    """A PrefillFirst scheduler that may run multi-step decodes, with request 1 (a 100-token prompt)
+    prefilled and ready to decode; first, request 0 (`cached_prompt` tokens with block hashes) ran and
+    finished, leaving its prompt's blocks cached."""
+    s = PrefillFirst(SchedulerConfig(num_sms=NUM_SMS, num_layers=NUM_LAYERS, kv_blocks=kv_blocks, block_size=16),
+                     SLO(ttft_ms=1000, tbt_ms=50))
+    s.max_decode_steps = 64
+    requests = [Request(1, 0.0, 100, 200)]
+    if cached_prompt:
+        blocks = cached_prompt // 16
+        requests.insert(0, Request(0, 0.0, cached_prompt, 1, block_hashes=tuple(range(1, blocks + 1)),
+                                   hash_block_size=16))
+    for r in requests:
+        s.on_arrival(r, 0.0)
+        (launch,) = s.schedule(0.0, {})
+        s.on_launch_done(launch, 0.01)  # a one-token output finishes at its prefill
+    return s
+
+
+def test_multi_step_decode_reserves_growth_ahead_only_from_empty_blocks():
+    # ample empty blocks: the run's growth plus 3 blocks ahead are taken at launch
+    s = _decoding_alone(kv_blocks=100)
+    (launch,) = s.schedule(0.02, {})
+    assert launch.num_steps == 64
+    context = 100 + 1  # the prompt and the token its prefill emitted
+    assert len(s.kv.block_table(1)) == -(-(context + 63) // 16) + PrefillFirst.RESERVE_AHEAD_BLOCKS
+    # few empty blocks, the rest cached prefixes: only what the run needs, no cached block evicted
+    s = _decoding_alone(kv_blocks=32, cached_prompt=320)
+    cached, empty = s.kv.num_cached_blocks, s.kv.num_empty_blocks
+    assert cached == 20 and empty == 32 - 20 - 7 < 0.25 * 32
+    (launch,) = s.schedule(0.02, {})
+    assert launch.num_steps == 64 and len(s.kv.block_table(1)) == -(-(context + 63) // 16)
+    assert s.kv.num_cached_blocks == cached
