@@ -106,7 +106,7 @@ class GpuInstance:
     # ---- lanes ----------------------------------------------------------------------------------
     def _decide(self, _event) -> None:
         self._decision_pending = False
-        busy = {lane: r.launch for lane, r in self.running.items()}
+        busy = {lane: r.launch for lane, r in self.running.items()} if self.running else {}
         launches = self.scheduler.schedule(self.env.now, busy)
         if not launches:
             if self._rates_stale:
@@ -145,7 +145,8 @@ class GpuInstance:
         first, last = step_s(0), step_s(n - 1)
         mid = (n - 1) // 2
         slope = (last - first) / (n - 1)
-        if abs(step_s(mid) - (first + slope * mid)) <= 1e-9 * last:
+        linear = not launch.prefill and getattr(self.latency, "decode_linear_in_kv", False)
+        if linear or abs(step_s(mid) - (first + slope * mid)) <= 1e-9 * last:
             return [(j + 1) * first + slope * j * (j + 1) / 2 for j in range(n)]
         return list(itertools.accumulate(step_s(j) for j in range(n)))
 

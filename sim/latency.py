@@ -77,6 +77,11 @@ class RooflineLatency:
     causal prefill ~45%, decode kernels ~80% of HBM bandwidth. NCCL's SM use is ignored.
     """
 
+    # decode time is exactly linear in the batch's KV length: the attention kernel's bound side does not
+    # depend on it (both its FLOPs and its bytes are proportional), so a multi-step run's step times are
+    # an arithmetic progression (sim.gpu_instance)
+    decode_linear_in_kv = True
+
     model: ModelSpec
     gpu: GpuSpec
     mfu: float = 0.65
