@@ -365,7 +365,7 @@ class SchedulerCore:
     # (a simulation speed-up: with that much empty, the blocks taken early change no admission and evict
     # no cached prefix).
     RESERVE_AHEAD_FREE_SHARE = 0.25
-    RESERVE_AHEAD_BLOCKS = 3
+    RESERVE_AHEAD_BLOCKS = 8
 
     def _reserve_growth(self, steps: int) -> int:
         """Steps a run may take past the KV block boundaries its requests cross: all of them when the free
