@@ -7,12 +7,14 @@ At every decision point:
   so the prefill SMs never idle while decode runs. A backend that can run several decode steps per launch
   and stop launches early (the simulator) may get gangs of up to `gang_steps` decode steps with the
   layers covering them; it cuts them at the next step / layer boundary when a request arrives or a
-  prefill completes, so only re-decisions that nothing triggered are spaced out. A finished prefill joins the decode batch at the next
-  decode step boundary (query-based merge, never a blocking wait on both lanes).
+  prefill completes, so only re-decisions that nothing triggered are spaced out. A finished prefill joins
+  the decode batch at the next decode step boundary (query-based merge, never a blocking wait on both lanes).
 - a short prefill may preempt a long one at a layer boundary if it would miss its TTFT by waiting and the
-  long one still meets its TTFT afterwards; never recursively.
-Beyond the paper: prefills are ordered by TTFT slack, admission is checked against KV capacity, and when
-no partition meets both SLOs the scheduler counts which one it gave up (`counters`).
+  long one still meets its TTFT afterwards; never recursively (`prefill_preemption.py`).
+Beyond the paper: prefills are ordered by TTFT slack (`slack_admission.py`; a request more urgent than
+every admitted prefill is admitted ahead of them and gets a job of its own), admission is checked against
+KV capacity, a small backlog runs inside the decode step (`piggyback.py`), and when no partition meets both
+SLOs the scheduler counts which one it gave up (`counters`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from typing import Iterable, Sequence
 from yoda.backend import DECODE, PREFILL, Launch, PrefillChunk
 from yoda.estimator import Estimator
 from yoda.partitions import PartitionMenu
+from yoda.piggyback import Piggyback
+from yoda.prefill_preemption import PrefillPreemption
 from yoda.request import SLO
 from yoda.scheduler import PrefillJob, RequestState, SchedulerConfig, SchedulerCore
 from yoda.slack_admission import SlackAdmission
@@ -66,7 +70,7 @@ ABLATIONS: dict[str, dict] = {
 }
 
 
-class GangScheduler(SlackAdmission, SchedulerCore):
+class GangScheduler(SlackAdmission, Piggyback, PrefillPreemption, SchedulerCore):
     PREEMPT_SCAN = 16  # waiting requests (in slack order) considered for a jump at each layer boundary
     NEED_SCAN = 32  # waiting requests counted when sizing prefill's share against TTFT deadlines
     PIGGYBACK_SCAN = 8  # a longer waiting queue is never a small backlog
@@ -135,41 +139,6 @@ class GangScheduler(SlackAdmission, SchedulerCore):
                 launches.append(prefill)
         self._note_split(launches, busy)
         return launches
-
-    # ---- piggyback (beyond the paper) ------------------------------------------------------------
-    def _piggyback(self, now: float, batch: tuple[int, ...]) -> Launch | None:
-        """When the whole prefill backlog is small, run it inside the decode step on the whole GPU: one
-        mixed launch reads the weights once, which beats two partitions each reading them. Only if the
-        fused step's estimate still meets the TBT target, counting the cached prefix each chunk attends to;
-        a larger backlog goes to the prefill partition as usual. (Mixing a chunk of a large backlog when
-        that moves prefill faster than the split was tried and measured no better: notes of 2026-11-29.)"""
-        if not self.opts.piggyback or self.job is not None or self.suspended is not None or self.late:
-            return None
-        if len(self.waiting) > self.PIGGYBACK_SCAN:
-            return None
-        pending = sum(s.remaining_prefill for s in self.prefilling if not s.in_flight)
-        pending += sum(s.target_len for s in self.waiting)
-        if pending == 0 or pending > self._mix_budget(len(batch), self.decode_kv_len):
-            return None
-        job = self._new_job(now, token_budget=pending)
-        if job is None:
-            return None
-        new, reused = [c.num_new for c in job.chunks], [c.start_len for c in job.chunks]
-        if self.est.mixed_s(new, reused, len(batch), self.decode_kv_len, self.config.num_sms) > \
-                self.slo.tbt_s * self.opts.tbt_margin:
-            return None  # the budget assumed no cached prefix; these chunks attend to a long one
-        return self.prefill_launch(job.chunks, self.config.num_sms, DECODE, batch=batch)
-
-    def _mix_budget(self, batch_size: int, kv_len: int) -> int:
-        key = (batch_size, kv_len >> 10)
-        if key not in self._mix_memo:
-            if len(self._mix_memo) > 65536:
-                self._mix_memo.clear()
-            target, sms = self.slo.tbt_s * self.opts.tbt_margin, self.config.num_sms
-            fits = [t for t in (64, 128, 256, 512, 1024, 2048)
-                    if self.est.mixed_s([t], [0], batch_size, kv_len, sms) <= target]
-            self._mix_memo[key] = min(max(fits, default=0), self.opts.piggyback_tokens)
-        return self._mix_memo[key]
 
     def on_launch_done(self, launch: Launch, now: float) -> None:
         if launch.lane == DECODE and self._decode_plan is not None:
@@ -388,45 +357,6 @@ class GangScheduler(SlackAdmission, SchedulerCore):
         self.kv.check_invariants()
         queued = [s.id for q in (self.waiting, self.late, self.prefilling, self.ready, self.decoding) for s in q]
         assert len(queued) == len(set(queued)) and set(queued) == set(self.states), "queues lost a request"
-
-    def _maybe_preempt(self, now: float, sms: int) -> None:
-        """Let one short prefill jump ahead of the running long one at this layer boundary: when waiting would
-        make it miss its TTFT, jumping lets it meet it, and the long one meets its own TTFT all the same
-        (or misses it either way).
-        `sms`: the prefill partition both would run on (as _launch_prefill sizes it; more would be optimistic)."""
-        job = self.job
-        idle = [s for s in self.prefilling if not s.in_flight and s.remaining_prefill > 0 and s not in job.states]
-        candidates = [s for s in itertools.chain(idle, itertools.islice(self.waiting, self.PREEMPT_SCAN))
-                      if self._deadline(s) >= now]  # one that cannot make it any more has no reason to jump
-        if not candidates:
-            return
-        left_frac = 1 - job.layers_done / self.config.num_layers
-        job_left_s = left_frac * self.est.prefill_s([c.num_new for c in job.chunks], [c.start_len for c in job.chunks], sms)
-        # the long requests' TTFT comes after their whole remaining prompt, not just this job
-        rest_s = sum(self.est.prefill_s([st.target_len - c.end_len], [c.end_len], sms)
-                     for c, st in zip(job.chunks, job.states) if st.target_len > c.end_len)
-        long_left_s = job_left_s + rest_s
-        job_deadline = min(self._deadline(s) for s in job.states)
-        # a long job that misses its TTFT anyway loses nothing by a short delay
-        long_misses_anyway = now + long_left_s > job_deadline
-        for state in candidates:
-            short_s = self.est.prefill_s([state.remaining_prefill], [state.prefilled_len], sms)
-            if short_s > job_left_s / 2:
-                continue  # only a clearly shorter prefill may jump
-            misses_if_waits = now + job_left_s + short_s > self._deadline(state)
-            meets_if_jumps = now + short_s <= self._deadline(state)
-            long_still_ok = long_misses_anyway or now + short_s + long_left_s <= job_deadline
-            if not (misses_if_waits and meets_if_jumps and long_still_ok):
-                continue
-            if not state.admitted:
-                if not self.try_admit(state, now):
-                    continue
-                self.waiting.remove(state)
-            self.suspended = job
-            chunks = self.prefill_chunks([state], state.remaining_prefill)
-            self.job = self._job(chunks)
-            self.counters["prefill_preemptions"] += 1
-            return
 
     def _note_split(self, launches: Sequence[Launch], busy: dict[str, Launch]) -> None:
         lanes = {**busy, **{l.lane: l for l in launches}}
