@@ -187,41 +187,27 @@ class Bench:
         self.run(self.prefill_launch(ids, 1, context - 1, self.backend.num_sms))
         return ids, shared
 
-    def decode_launch(self, ids: list[int], kv_len: int, sms: int) -> Launch:
-        return Launch(DECODE, self.backend.stream_sms(DECODE, sms), decode_ids=tuple(ids), decode_kv_len=kv_len)
+    def decode_launch(self, ids: list[int], kv_len: int, sms: int, prefill: tuple[PrefillChunk, ...] = ()) -> Launch:
+        layers = self.model.num_layers if prefill else 0
+        return Launch(DECODE, self.backend.stream_sms(DECODE, sms), decode_ids=tuple(ids), decode_kv_len=kv_len,
+                      prefill=prefill, layer_end=layers, num_layers=layers)
 
-    def mixed_s(self, new_len: int, batch: int, context: int,
-                steps: int = DECODE_STEPS) -> tuple[list[float], int, bool]:
-        """Latencies of `steps` fused iterations on the whole device (after a warm-up one): a decode batch
-        and one prefill chunk of `new_len` tokens, as chunked prefill runs them; their mean total KV length."""
+    def decode_s(self, sms: int, batch: int, context: int, steps: int = DECODE_STEPS,
+                 prefill_new: int = 0) -> tuple[list[float], int, bool]:
+        """Latencies of `steps` decode steps (after a warm-up step) and their mean total KV length. With
+        `prefill_new`, each step is a fused iteration that also prefills a chunk of that many tokens (as
+        chunked prefill runs them)."""
         ids, shared = self.decode_ready(batch, context, steps + 1)
-        (rid,), _ = self.requests(1, new_len, new_len, 0)
-        layers, sms = self.model.num_layers, self.backend.num_sms
-        chunk = (PrefillChunk(rid, 0, new_len),)
+        extra = self.requests(1, prefill_new, prefill_new, 0)[0] if prefill_new else []
+        prefill = tuple(PrefillChunk(rid, 0, prefill_new) for rid in extra)
         try:
             times, kv = [], []
             for step in range(steps + 1):
                 kv_len = batch * (context + 1 + step)
-                launch = Launch(DECODE, self.backend.stream_sms(DECODE, sms), decode_ids=tuple(ids),
-                                decode_kv_len=kv_len, prefill=chunk, layer_end=layers, num_layers=layers)
-                times.append(self.run(launch))
+                times.append(self.run(self.decode_launch(ids, kv_len, sms, prefill)))
                 kv.append(kv_len)
         finally:
-            self.release(ids + [rid])
-        return times[1:], round(statistics.mean(kv[1:])), shared
-
-    def decode_s(self, sms: int, batch: int, context: int,
-                 steps: int = DECODE_STEPS) -> tuple[list[float], int, bool]:
-        """Latencies of `steps` decode steps (after a warm-up step) and their mean total KV length."""
-        ids, shared = self.decode_ready(batch, context, steps + 1)
-        try:
-            times, kv = [], []
-            for step in range(steps + 1):
-                kv_len = batch * (context + 1 + step)
-                times.append(self.run(self.decode_launch(ids, kv_len, sms)))
-                kv.append(kv_len)
-        finally:
-            self.release(ids)
+            self.release(ids + extra)
         return times[1:], round(statistics.mean(kv[1:])), shared
 
 
@@ -245,17 +231,14 @@ def sample_points(bench: Bench, grid: Grid) -> Iterator[tuple]:
 
 
 def measure_point(bench: Bench, point: tuple, round_index: int = 0) -> dict:
-    """One measurement of a grid point: one prefill launch, or the mean of DECODE_STEPS decode steps (as a
-    request's TBT is a mean of its gaps)."""
+    """One measurement of a grid point: one prefill launch, or the mean of DECODE_STEPS decode (or fused)
+    steps (as a request's TBT is a mean of its gaps)."""
     phase, sms, n, r, b, c = point
     if phase == "prefill":
         times, shared = bench.prefill_s(sms, n, r, b)
         kv_len, stream = 0, bench.backend.stream_sms(PREFILL, sms)
-    elif phase == "mixed":
-        times, kv_len, shared = bench.mixed_s(n, b, c)
-        stream = bench.backend.stream_sms(DECODE, sms)
-    else:
-        times, kv_len, shared = bench.decode_s(sms, b, c)
+    else:  # decode points have no new tokens; mixed ones prefill a chunk of n in every step
+        times, kv_len, shared = bench.decode_s(sms, b, c, prefill_new=n)
         stream = bench.backend.stream_sms(DECODE, sms)
     return dict(phase=phase, num_sms=sms, new_len=n, reused_len=r, batch=b, kv_len=kv_len,
                 latency_s=statistics.mean(times), context_len=c, round=round_index, stream_sms=stream,

@@ -27,7 +27,6 @@ class ContentionModel:
     min_sensitivity: float = 0.1
     _rooflines: dict = field(default_factory=dict, repr=False, compare=False)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
-    _shares: dict = field(default_factory=dict, repr=False, compare=False)  # (gpu, sms) -> (bandwidth, compute)
 
     def __post_init__(self) -> None:
         if self.max_slowdown is not None and not 0 <= self.max_slowdown < 1:
@@ -61,20 +60,15 @@ class ContentionModel:
         roofline = self._rooflines.get((gpu, model))
         if roofline is None:
             roofline = self._rooflines[(gpu, model)] = RooflineLatency(model, gpu)
-        prefill = launch.prefill
-        work = roofline.work([c.num_new for c in prefill] if prefill else (),
-                             [c.start_len for c in prefill] if prefill else (),
+        work = roofline.work([c.num_new for c in launch.prefill], [c.start_len for c in launch.prefill],
                              len(launch.decode_ids), launch.decode_kv_len)
         gemm_c, gemm_m, attn_c, attn_m = roofline.compute_memory_s(work, launch.num_sms)
         memory_s, compute_s = gemm_m + attn_m, gemm_c + attn_c
         # 1 when memory-bound (its time stretches with lost bandwidth), memory/compute when compute-bound
         memory_bound = memory_s / max(memory_s, compute_s) if memory_s > 0 else 0.0
         sensitivity = max(self.min_sensitivity, memory_bound)
-        shares = self._shares.get((gpu, launch.num_sms))
-        if shares is None:
-            shares = self._shares[(gpu, launch.num_sms)] = (gpu.bandwidth_share(launch.num_sms),
-                                                            gpu.compute_share(launch.num_sms))
-        pressure = memory_bound * shares[0] + (1.0 - memory_bound) * shares[1]
+        pressure = (memory_bound * gpu.bandwidth_share(launch.num_sms)
+                    + (1.0 - memory_bound) * gpu.compute_share(launch.num_sms))
         return sensitivity, min(1.0, pressure)
 
 

@@ -23,14 +23,15 @@ from sim.contention import ContentionModel
 from sim.latency import LAYER_GROUP_LAUNCH_S, LatencySource, launch_solo_s
 from sim.hardware import GpuSpec
 from sim.model_spec import ModelSpec
-from yoda.backend import Launch
+from yoda.backend import Launch, PrefillChunk
 from yoda.request import Request
 
 
 def _ran(launch: Launch, num_steps: int, layer_end: int, step_ends: tuple[float, ...] = ()) -> Launch:
     """A copy of `launch` reporting what ran (dataclasses.replace is several times slower)."""
-    return Launch(launch.lane, launch.num_sms, launch.decode_ids, launch.decode_kv_len, launch.prefill,
-                  launch.layer_start, layer_end, launch.num_layers, num_steps, step_ends)
+    return Launch(launch.lane, launch.num_sms, decode_ids=launch.decode_ids, decode_kv_len=launch.decode_kv_len,
+                  prefill=launch.prefill, layer_start=launch.layer_start, layer_end=layer_end,
+                  num_layers=launch.num_layers, num_steps=num_steps, step_ends=step_ends)
 
 
 @dataclass(slots=True)
@@ -106,7 +107,7 @@ class GpuInstance:
     # ---- lanes ----------------------------------------------------------------------------------
     def _decide(self, _event) -> None:
         self._decision_pending = False
-        busy = {lane: r.launch for lane, r in self.running.items()} if self.running else {}
+        busy = {lane: r.launch for lane, r in self.running.items()}
         launches = self.scheduler.schedule(self.env.now, busy)
         if not launches:
             if self._rates_stale:
@@ -151,15 +152,18 @@ class GpuInstance:
         return list(itertools.accumulate(step_s(j) for j in range(n)))
 
     def _step_solo_s(self, launch: Launch) -> Callable[[int], float]:
-        """Solo time of step j of a multi-step launch."""
+        """Solo time of step j of a multi-step launch: that step as a one-step launch."""
         b, kv, sms, source = len(launch.decode_ids), launch.decode_kv_len, launch.num_sms, self.latency
-        if not launch.prefill:
+        if not launch.prefill:  # the common case, without building a launch per step
             return lambda j: source.decode_s(b, kv + j * b, sms)
         (chunk,) = launch.prefill
-        new, start = [chunk.num_new], chunk.start_len
-        if b:
-            return lambda j: source.mixed_s(new, [start + j * new[0]], b, kv + j * b, sms)
-        return lambda j: source.prefill_s(new, [start + j * new[0]], sms) + LAYER_GROUP_LAUNCH_S
+
+        def step_s(j: int) -> float:
+            moved = PrefillChunk(chunk.request_id, chunk.start_len + j * chunk.num_new, chunk.num_new)
+            step = Launch(launch.lane, sms, decode_ids=launch.decode_ids, decode_kv_len=kv + j * b, prefill=(moved,),
+                          layer_end=launch.layer_end, num_layers=launch.num_layers)
+            return launch_solo_s(source, step, self.model.num_layers)
+        return step_s
 
     def _retime(self) -> None:
         """Re-derive each running launch's rate from what runs beside it and reschedule its completion."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol, Sequence
 
 from sim.hardware import GpuSpec
-from sim.model_spec import ModelSpec
+from sim.model_spec import ModelSpec, causal_attention_pairs
 from yoda.backend import Launch
 
 LAYER_GROUP_LAUNCH_S = 20e-6  # host launch + pipeline drain per prefill layer-group launch (DESIGN 4.2: <= 1.5%)
@@ -104,8 +104,7 @@ class RooflineLatency:
         linear, lm_head, attn_pair, weights, activations, kv_per_token = self._consts  # type: ignore[attr-defined]
         if new_lens:
             num_new, num_reused = sum(new_lens), sum(reused_lens)
-            # causal attention pairs of n new tokens after r cached ones: n * r + n (n + 1) / 2
-            pairs = sum(n * r + n * (n + 1) / 2 for n, r in zip(new_lens, reused_lens))
+            pairs = sum(causal_attention_pairs(n, r) for n, r in zip(new_lens, reused_lens))
         else:
             num_new = num_reused = pairs = 0
         num_tokens = num_new + batch

@@ -112,8 +112,12 @@ class ModelSpec:
 
     def attention_flops_layer(self, new_len: int, reused_len: int) -> float:
         """Causal attention FLOPs of `new_len` tokens after `reused_len` cached ones, one layer, one GPU."""
-        pairs = new_len * reused_len + new_len * (new_len + 1) / 2
-        return self.attention_flops_per_pair * pairs
+        return self.attention_flops_per_pair * causal_attention_pairs(new_len, reused_len)
+
+
+def causal_attention_pairs(new_len: int, reused_len: int) -> float:
+    """(query, key) pairs of causal attention for `new_len` new tokens after `reused_len` cached ones."""
+    return new_len * reused_len + new_len * (new_len + 1) / 2
 
 
 def _llama(name: str, layers: int, hidden: int, heads: int, kv: int, inter: int, vocab: int,

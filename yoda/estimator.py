@@ -46,6 +46,15 @@ def prefill_features(new_lens: Sequence[int], reused_lens: Sequence[int]) -> lis
     return [sum(a * a for a in n), sum(a * b for a, b in zip(n, r)), sum(n), 1.0]
 
 
+def _prefill_terms(new_lens: Sequence[int], reused_lens: Sequence[int]) -> tuple[int, float, float, float]:
+    """(total new tokens, Sum n^2, Sum n*r, Sum n) as in prefill_features, without lists for one chunk."""
+    if len(new_lens) == 1:
+        n, r = new_lens[0] / 1024, reused_lens[0] / 1024
+        return new_lens[0], n * n, n * r, n
+    f0, f1, f2, _ = prefill_features(new_lens, reused_lens)
+    return sum(new_lens), f0, f1, f2
+
+
 def decode_features(batch: int, kv_len: int) -> list[float]:
     return [kv_len / 1024, float(batch), 1.0]
 
@@ -108,12 +117,7 @@ class Estimator:
     # NOTE: plain-Python arithmetic: this runs at every decision point and numpy's call overhead dominates
     # for 3-4 features.
     def prefill_s(self, new_lens: Sequence[int], reused_lens: Sequence[int], num_sms: int) -> float:
-        if len(new_lens) == 1:
-            n, r = new_lens[0] / 1024, reused_lens[0] / 1024
-            total, f0, f1, f2 = new_lens[0], n * n, n * r, n
-        else:
-            total = sum(new_lens)
-            f0, f1, f2, _ = prefill_features(new_lens, reused_lens)
+        total, f0, f1, f2 = _prefill_terms(new_lens, reused_lens)
         a, b, c, d = self._coef("prefill", num_sms, _regime(total))
         return max(a * f0 + b * f1 + c * f2 + d, 1e-6) / 1000
 
@@ -126,12 +130,7 @@ class Estimator:
         """One fused iteration: prefill chunks and `batch` decode tokens (chunked prefill, piggyback)."""
         if not self.mixed_coef:
             return self.prefill_s(new_lens, reused_lens, num_sms) + self.decode_s(batch, kv_len, num_sms)
-        if len(new_lens) == 1:
-            n, r = new_lens[0] / 1024, reused_lens[0] / 1024
-            total, f0, f1, f2 = new_lens[0], n * n, n * r, n
-        else:  # the prefill terms are sums over chunks, as in prefill_s
-            total = sum(new_lens)
-            f0, f1, f2, _ = prefill_features(new_lens, reused_lens)
+        total, f0, f1, f2 = _prefill_terms(new_lens, reused_lens)
         a, b, c, d, e, f = self._coef("mixed", num_sms, _mixed_regime(total))
         return max(a * f0 + b * f1 + c * f2 + d + e * kv_len / 1024 + f * batch, 1e-6) / 1000
 

@@ -288,7 +288,7 @@ class SchedulerCore:
             if self._grow(state):
                 self._push_growth(state)
         if self._batch_dirty:
-            self._batch_ids = tuple([s.request.request_id for s in self.decoding])
+            self._batch_ids = tuple(s.id for s in self.decoding)
             self._batch_dirty = False
         return self._batch_ids
 

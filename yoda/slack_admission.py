@@ -60,15 +60,14 @@ class SlackAdmission:
         an admitted prefill, when they can afford to wait for it: waiting turns a recompute of the shared
         prefix (a document, an earlier turn, a system prompt) into a cache hit. Returned in queue order,
         to be put back."""
-        computing = [s for s in self.prefilling if s.remaining_prefill > 0 and s.chain]
+        computing, keys = self._prefixes_being_computed()
         if not computing:
             return []
-        keys = set().union(*(self._chain_set(s) for s in computing))
         deferred = []
         wait_s = None  # the same for every candidate: computed once, when the first one needs it
         for state in list(itertools.islice(self.waiting, self.NEED_SCAN)):
-            hit = self.kv.match_prefix(state.chain)
-            if hit < len(state.chain) and state.chain[hit] in keys:
+            hit = self._next_block_being_computed(state, keys)
+            if hit is not None:
                 if wait_s is None:
                     wait_s = self._next_round_wait_s()
                 if self._can_wait_for_prefix(state, hit, computing, wait_s, now):
@@ -78,10 +77,18 @@ class SlackAdmission:
         self.counters["prefix_deferrals"] += len(deferred)
         return deferred
 
-    def _shares_a_prefix_being_computed(self, state: RequestState) -> bool:
+    def _prefixes_being_computed(self) -> tuple[list[RequestState], set[int]]:
+        """The admitted prefills still computing prompt blocks, and the block keys of their prompts."""
+        computing = [s for s in self.prefilling if s.remaining_prefill > 0 and s.chain]
+        return computing, set().union(*(self._chain_set(s) for s in computing))
+
+    def _next_block_being_computed(self, state: RequestState, keys: set[int]) -> int | None:
+        """Cached blocks of `state`'s prompt when its next block is among `keys`, else None."""
         hit = self.kv.match_prefix(state.chain)
-        return hit < len(state.chain) and any(
-            state.chain[hit] in self._chain_set(s) for s in self.prefilling if s.remaining_prefill > 0 and s.chain)
+        return hit if hit < len(state.chain) and state.chain[hit] in keys else None
+
+    def _shares_a_prefix_being_computed(self, state: RequestState) -> bool:
+        return self._next_block_being_computed(state, self._prefixes_being_computed()[1]) is not None
 
     def _next_round_wait_s(self) -> float:
         """Solo-GPU seconds until the next admission round: the job being built (up to prefill_tokens of
