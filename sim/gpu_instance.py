@@ -29,9 +29,13 @@ from yoda.request import Request
 
 def _ran(launch: Launch, num_steps: int, layer_end: int, step_ends: tuple[float, ...] = ()) -> Launch:
     """A copy of `launch` reporting what ran (dataclasses.replace is several times slower)."""
+    departures = launch.decode_departures
+    if departures and departures[-1][0] >= num_steps:  # cut before they left
+        departures = tuple(d for d in departures if d[0] < num_steps)
     return Launch(launch.lane, launch.num_sms, decode_ids=launch.decode_ids, decode_kv_len=launch.decode_kv_len,
                   prefill=launch.prefill, layer_start=launch.layer_start, layer_end=layer_end,
-                  num_layers=launch.num_layers, num_steps=num_steps, step_ends=step_ends)
+                  num_layers=launch.num_layers, num_steps=num_steps, step_ends=step_ends,
+                  decode_departures=departures)
 
 
 @dataclass(slots=True)
@@ -92,6 +96,8 @@ class GpuInstance:
         if self.running:
             busy = tuple(self.running)
             self._cut_runs([lane for lane in busy if self.scheduler.arrival_cuts(lane, busy)])
+            if sum(r.launch.num_sms for r in self.running.values()) >= self.gpu.num_sms:
+                return  # no SM to launch on before a running launch ends, and its end is a decision point
         self.kick(cut=False)
 
     def kick(self, cut: bool = True) -> None:
@@ -137,25 +143,36 @@ class GpuInstance:
 
     def _step_ends_solo(self, launch: Launch) -> list[float]:
         """Cumulative solo time of each step of a multi-step launch: the decode batch's context grows by one
-        token a step and a prefill chunk moves one chunk further into its prompt. Step time is linear in
-        both within a regime of the latency source; when the middle step lies on the line through the first
-        and last, the steps are that arithmetic progression (3 latency calls instead of one per step),
+        token a step (and shrinks where a request leaves the run), a prefill chunk moves one chunk further
+        into its prompt."""
+        if launch.prefill:
+            return self._progression(self._step_solo_s(launch), launch.num_steps, linear=False)
+        source, sms, ends, offset = self.latency, launch.num_sms, [], 0.0
+        linear = getattr(source, "decode_linear_in_kv", False)
+        for n, b, kv in launch.decode_segments():
+            ends += self._progression(lambda j: source.decode_s(b, kv + j * b, sms), n, linear, offset)
+            offset = ends[-1]
+        return ends
+
+    @staticmethod
+    def _progression(step_s: Callable[[int], float], n: int, linear: bool, offset: float = 0.0) -> list[float]:
+        """`offset` plus the cumulative times of steps 0..n-1. Step time is linear in the step within a regime of the latency
+        source: when it is linear by construction, or the middle step lies on the line through the first
+        and last, the steps are that arithmetic progression (2-3 latency calls instead of one per step),
         otherwise each step is asked for."""
-        n = launch.num_steps
-        step_s = self._step_solo_s(launch)
-        first, last = step_s(0), step_s(n - 1)
+        first = step_s(0)
+        if n == 1:
+            return [offset + first]
+        last = step_s(n - 1)
         mid = (n - 1) // 2
         slope = (last - first) / (n - 1)
-        linear = not launch.prefill and getattr(self.latency, "decode_linear_in_kv", False)
         if linear or abs(step_s(mid) - (first + slope * mid)) <= 1e-9 * last:
-            return [(j + 1) * first + slope * j * (j + 1) / 2 for j in range(n)]
-        return list(itertools.accumulate(step_s(j) for j in range(n)))
+            return [offset + (j + 1) * first + slope * j * (j + 1) / 2 for j in range(n)]
+        return list(itertools.accumulate((step_s(j) for j in range(n)), initial=offset))[1:]
 
     def _step_solo_s(self, launch: Launch) -> Callable[[int], float]:
-        """Solo time of step j of a multi-step launch: that step as a one-step launch."""
+        """Solo time of step j of a multi-step launch with prefill: that step as a one-step launch."""
         b, kv, sms, source = len(launch.decode_ids), launch.decode_kv_len, launch.num_sms, self.latency
-        if not launch.prefill:  # the common case, without building a launch per step
-            return lambda j: source.decode_s(b, kv + j * b, sms)
         (chunk,) = launch.prefill
 
         def step_s(j: int) -> float:
@@ -203,7 +220,7 @@ class GpuInstance:
         if self.check_every and self.scheduler.num_steps % self.check_every == 0:
             self.scheduler.check_invariants()
         # a finished prefill joins the decode batch at the next step boundary: cut the decode run there
-        self.kick(cut=run.launch.prefill_completes)
+        self.kick(cut=run.launch.prefill_completes and self.scheduler.completion_cuts())
 
     @staticmethod
     def _step_ends(run: _Running, now: float) -> tuple[float, ...]:

@@ -99,6 +99,7 @@ class RooflineLatency:
             m.num_layers * m.attention_flops_per_pair, m.num_layers * m.layer_weight_bytes + m.lm_head_bytes,
             m.num_layers * m.activation_bytes_per_token_layer, m.kv_bytes_per_token))
         object.__setattr__(self, "_rates", {})  # num_sms -> (usable FLOP/s, usable bytes/s)
+        object.__setattr__(self, "_decode_lines", {})  # (batch, num_sms) -> (seconds at no KV, seconds per KV token)
 
     def work(self, new_lens: Sequence[int], reused_lens: Sequence[int], batch: int, kv_len: int) -> Work:
         linear, lm_head, attn_pair, weights, activations, kv_per_token = self._consts  # type: ignore[attr-defined]
@@ -152,7 +153,15 @@ class RooflineLatency:
         return self.time_s(self.work(new_lens, reused_lens, 0, 0), num_sms)
 
     def decode_s(self, batch: int, kv_len: int, num_sms: int) -> float:
-        return self.time_s(self.work((), (), batch, kv_len), num_sms)
+        # exactly linear in kv_len (decode_linear_in_kv): two roofline evaluations per (batch, SMs), then a
+        # line (the simulator asks for every step of every decode run)
+        line = self._decode_lines.get((batch, num_sms))  # type: ignore[attr-defined]
+        if line is None:
+            at_zero = self.time_s(self.work((), (), batch, 0), num_sms)
+            probe = 1 << 20
+            line = (at_zero, (self.time_s(self.work((), (), batch, probe), num_sms) - at_zero) / probe)
+            self._decode_lines[(batch, num_sms)] = line  # type: ignore[attr-defined]
+        return line[0] + line[1] * kv_len
 
     def mixed_s(self, new_lens: Sequence[int], reused_lens: Sequence[int], batch: int, kv_len: int,
                 num_sms: int) -> float:

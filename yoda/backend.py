@@ -60,6 +60,9 @@ class Launch:
     # prompt): step j prefills tokens [start_len + j * num_new, start_len + (j + 1) * num_new).
     num_steps: int = 1
     step_ends: tuple[float, ...] = ()
+    # A multi-step decode run may go on past the steps where requests finish: (steps it takes part in, its
+    # context length at the launch) of each request that leaves the batch before the run ends, by steps.
+    decode_departures: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.lane not in LANES:
@@ -75,6 +78,10 @@ class Launch:
         if self.num_steps > 1 and self.prefill and (len(self.prefill) > 1 or self.layer_start != 0
                                                     or self.layer_end != self.num_layers):
             raise ValueError("a multi-step launch with prefill carries one chunk over all layers")
+        if self.decode_departures and (self.prefill or len(self.decode_departures) >= len(self.decode_ids)
+                                       or any(not 0 < k < self.num_steps for k, _ in self.decode_departures)):
+            raise ValueError("decode departures belong to a multi-step decode run, each before its last step, "
+                             "and leave someone in the batch")
 
     @property
     def prefill_completes(self) -> bool:
@@ -84,6 +91,20 @@ class Launch:
     @property
     def num_prefill_tokens(self) -> int:
         return sum(c.num_new for c in self.prefill)
+
+    def decode_segments(self) -> list[tuple[int, int, int]]:
+        """(steps, batch size, decode KV at its first step) of each stretch of steps with one batch: a
+        multi-step run's batch shrinks where a request leaves it, and every context grows a token a step."""
+        batch, kv_at_launch, start = len(self.decode_ids), self.decode_kv_len, 0
+        out = []
+        for k, context in self.decode_departures:
+            if k > start:
+                out.append((k - start, batch, kv_at_launch + start * batch))
+                start = k
+            batch -= 1
+            kv_at_launch -= context  # what the staying requests had at the launch
+        out.append((self.num_steps - start, batch, kv_at_launch + start * batch))
+        return out
 
     def prefill_end_len(self, chunk: PrefillChunk) -> int:
         """Prompt tokens of `chunk`'s request whose KV exists once this launch has run all its steps."""

@@ -85,7 +85,7 @@ class GangScheduler(SlackAdmission, Piggyback, PrefillPreemption, SchedulerCore)
         self.suspended: PrefillJob | None = None  # long job preempted by a short one
         self.late: deque[RequestState] = deque()  # waiting requests that already missed their TTFT
         self.counters: Counter[str] = Counter()
-        self._decode_plan: tuple[float, float, int, int, int] | None = None  # start, solo est, pn, pr, sms
+        self._decode_plan: tuple[float, int, int, int] | None = None  # start, prefill new and reused tokens, sms
         self._static_decode_sms = self.menu.splits[len(self.menu.splits) // 2].decode_sms
         self._last_split: tuple[int, int] | None = None
         self._split_sizes = [p.decode_sms for p in self.menu.splits]
@@ -142,7 +142,7 @@ class GangScheduler(SlackAdmission, Piggyback, PrefillPreemption, SchedulerCore)
 
     def on_launch_done(self, launch: Launch, now: float) -> None:
         if launch.lane == DECODE and self._decode_plan is not None:
-            self._refine_guard(now, launch.num_steps)
+            self._refine_guard(now, launch)
         super().on_launch_done(launch, now)
         if launch.lane == PREFILL and launch.prefill and self._running_job is not None:
             # advance by the layers that ran: a backend may have stopped the group early
@@ -245,13 +245,19 @@ class GangScheduler(SlackAdmission, Piggyback, PrefillPreemption, SchedulerCore)
         kv_len = self.decode_kv_len
         sms = self.choose_decode_sms(len(batch), kv_len, prefill_busy_sms, now)
         pn, pr = self._job_tokens() if prefill_busy_sms or self._prefill_pending() else (0, 0)
-        self._decode_plan = (now, self.est.decode_s(len(batch), kv_len, sms), pn, pr, sms)
+        self._decode_plan = (now, pn, pr, sms)
         return self.decode_launch(batch, sms)
 
-    def _refine_guard(self, now: float, steps: int) -> None:
-        start, solo_s, pn, pr, sms = self._decode_plan
+    def _decode_run_s(self, decode: Launch) -> float:
+        """Estimated solo time of a decode launch: each stretch of steps with one batch (a run's batch shrinks
+        where requests finish) at its first step's KV. Contexts grow a token a step, so this errs low, and
+        the slowdown observed against it errs high (the safe side for the guard)."""
+        return sum(n * self.est.decode_s(b, kv, decode.num_sms) for n, b, kv in decode.decode_segments())
+
+    def _refine_guard(self, now: float, launch: Launch) -> None:
+        start, pn, pr, sms = self._decode_plan
         self._decode_plan = None
-        solo_s *= steps  # the context grows a token per step: a slight overestimate of solo time
+        solo_s = self._decode_run_s(launch)
         if pn > 0 and solo_s > 0:
             batch = len(self.decoding) or 1
             kv = self.decode_kv_len // batch
@@ -299,7 +305,7 @@ class GangScheduler(SlackAdmission, Piggyback, PrefillPreemption, SchedulerCore)
             return max(1, min(n, remaining))
         t_p = self.est.prefill_guarded_s([c.num_new for c in job.chunks], [c.start_len for c in job.chunks],
                                          prefill_sms, len(decode.decode_ids), decode.decode_kv_len)
-        t_d = self.est.decode_s(len(decode.decode_ids), decode.decode_kv_len, decode.num_sms) * decode.num_steps
+        t_d = self._decode_run_s(decode)
         n_pl = math.ceil(t_d * self.config.num_layers / max(t_p, 1e-9))
         return max(1, min(n_pl, remaining))
 

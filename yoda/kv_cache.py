@@ -168,10 +168,16 @@ class KVCache:
         """Release a sequence's blocks. Indexed blocks stay cached (tail first in eviction order)."""
         table = self._tables.pop(seq_id)
         del self._num_tokens[seq_id]
-        del self._chains[seq_id]
+        num_keyed = len(self._chains.pop(seq_id))
         del self._num_committed[seq_id]
         refcount, key_of, lru, free = self._refcount, self._key_of, self._lru, self._free
-        for b in reversed(table):
+        # blocks past the prompt's full blocks (decode growth, a partial last block) are this sequence's
+        # alone and never indexed: they go straight back to the free list (most of a long output's blocks)
+        private = table[num_keyed:]
+        for b in private:
+            refcount[b] = 0
+        free.extend(reversed(private))
+        for b in reversed(table[:num_keyed]):
             refcount[b] -= 1
             if refcount[b] == 0:
                 if key_of[b] is not None:

@@ -121,6 +121,12 @@ class SchedulerCore:
         request arrives, so that this scheduler decides again (by default: yes)."""
         return True
 
+    def completion_cuts(self) -> bool:
+        """Whether a backend should stop a multi-unit launch at its next unit boundary when a launch that
+        completes prefill chunks ends: when a request waits to join the decode batch, or no prefill work
+        is left (decode may then take the whole GPU). A chunk of a longer prompt changes neither."""
+        return bool(self.ready) or not self.prefill_pending()
+
     # ---- events ---------------------------------------------------------------------------------
     def on_arrival(self, request: Request, now: float) -> None:
         record = RequestRecord.for_request(request)
@@ -160,11 +166,11 @@ class SchedulerCore:
         self.decode_in_flight = False
         self.step_clock[0] += len(step_ends)
         self.step_times.extend(step_ends)
-        step, heap = self.step_clock[0], self._finish_heap
+        step, heap, times = self.step_clock[0], self._finish_heap, self.step_times
         while heap and heap[0][0] <= step:
-            _, _, epoch, state = heapq.heappop(heap)
+            last, _, epoch, state = heapq.heappop(heap)
             if epoch == state.epoch and state.step_clock is not None:
-                self._finish(state, now)
+                self._finish(state, times[last - 1])  # a run may have gone on past its last step
 
     def _advance_prefill(self, launch: Launch, now: float) -> None:
         if not launch.prefill_completes:
@@ -257,15 +263,23 @@ class SchedulerCore:
         self._push_growth(state)
 
     def _push_growth(self, state: RequestState) -> None:
+        """Note the decode step at which the request needs its next KV block, unless it finishes first."""
         room = len(self.kv.block_table(state.id)) * self.config.block_size - state.context_len
-        heapq.heappush(self._grow_heap, (self.step_clock[0] + room + 1, state.order, state.epoch, state))
+        step = self.step_clock[0] + room + 1
+        if step < self._finish_step(state):
+            heapq.heappush(self._grow_heap, (step, state.order, state.epoch, state))
+
+    def _finish_step(self, state: RequestState) -> int:
+        """Decode-step clock at which a decoding request has produced its last token."""
+        return state.join_step + state.request.output_len - state.generated_base
 
     def _leave_decode(self, state: RequestState) -> None:
         """Materialise the request's decode-step token times and take it out of the batch."""
-        step = self.step_clock[0]
+        clock = self.step_clock[0]
+        self._kv_base -= state.context_len - clock
+        step = min(clock, self._finish_step(state))  # a run may have gone on past its last step
         state.record.token_at.extend(self.step_times[state.join_step:step])
-        self._kv_base -= state.context_len - step
-        state.generated_base = state.num_generated
+        state.generated_base += step - state.join_step
         state.step_clock = None
         state.epoch += 1
         self.decoding.remove(state)
@@ -288,7 +302,7 @@ class SchedulerCore:
             if self._grow(state):
                 self._push_growth(state)
         if self._batch_dirty:
-            self._batch_ids = tuple(s.id for s in self.decoding)
+            self._batch_ids = tuple([s.request.request_id for s in self.decoding])
             self._batch_dirty = False
         return self._batch_ids
 
@@ -332,10 +346,10 @@ class SchedulerCore:
         return self.decode_kv_len if batch else 0
 
     def decode_launch(self, batch: tuple[int, ...], num_sms: int, lane: str = DECODE) -> Launch:
-        steps = self._quiet_steps(self._decode_steps_limit()) if self.max_decode_steps > 1 else 1
+        steps, departures = self._decode_run(self._decode_steps_limit()) if self.max_decode_steps > 1 else (1, ())
         kv_len = self._claim_batch(batch)
         return Launch(lane, num_sms, decode_ids=batch, decode_kv_len=kv_len, num_layers=self.config.num_layers,
-                      num_steps=steps)
+                      num_steps=steps, decode_departures=departures)
 
     def prefill_pending(self) -> bool:
         """Any prefill work queued, running or about to join decode (policies with more queues extend it)."""
@@ -352,13 +366,31 @@ class SchedulerCore:
         arrives."""
         if limit <= 1:
             return 1
-        clock = self.step_clock[0]
         steps = limit
         if self._finish_heap:
-            steps = min(steps, self._finish_heap[0][0] - clock)
-        if self._grow_heap and self._grow_heap[0][0] - clock < steps:
-            steps = self._reserve_growth(max(steps, 1))
-        return max(steps, 1)
+            steps = min(steps, self._finish_heap[0][0] - self.step_clock[0])
+        return self._fit_growth(max(steps, 1))
+
+    def _fit_growth(self, steps: int) -> int:
+        """`steps`, or fewer where a request needs a KV block that cannot be reserved now."""
+        if steps > 1 and self._grow_heap and self._grow_heap[0][0] - self.step_clock[0] < steps:
+            steps = max(self._reserve_growth(steps), 1)
+        return steps
+
+    def _decode_run(self, limit: int) -> tuple[int, tuple[tuple[int, int], ...]]:
+        """Steps of a decode-only run (at most `limit`) and the requests that finish and leave it on the way
+        (Launch.decode_departures): the run goes on past them, and ends early only where a KV block cannot
+        be reserved or the batch empties. One-step launches give the same token times (their step time
+        depends only on the batch and its KV)."""
+        if limit <= 1:
+            return 1, ()
+        clock, heap = self.step_clock[0], self._finish_heap
+        end = clock + limit
+        # (a scan, not pops: the run may be cut before they finish, and most of the batch may leave in it)
+        leaving = sorted(e for e in heap if e[0] < end and e[2] == e[3].epoch and e[3].step_clock is not None)
+        steps = limit if len(leaving) < len(self.decoding) else leaving[-1][0] - clock
+        steps = self._fit_growth(steps)
+        return steps, tuple((last - clock, state.context_len) for last, _, _, state in leaving if last < clock + steps)
 
     # While more than this share of the cache is empty, a run's growth reservation also covers the next
     # RESERVE_AHEAD_BLOCKS blocks of each growing request, so the next runs need not stop to reserve again
@@ -376,8 +408,10 @@ class SchedulerCore:
         popped = []
         while heap and heap[0][0] < end:
             popped.append(heapq.heappop(heap))
-        due = {e[3]: None for e in popped if e[2] == e[3].epoch and e[3].step_clock is not None}  # ordered, unique
-        need = sum(max(0, -(-(s.context_len + steps - 1) // bs) - len(kv.block_table(s.id))) for s in due)
+        # each request's KV up to the last token it writes in the run (a request that finishes leaves it)
+        due = {e[3]: e[3].context_len + min(steps, self._finish_step(e[3]) - clock) - 1
+               for e in popped if e[2] == e[3].epoch and e[3].step_clock is not None}  # ordered, unique
+        need = sum(max(0, -(-upto // bs) - len(kv.block_table(s.id))) for s, upto in due.items())
         if need > kv.num_free_blocks:
             for entry in popped:
                 heapq.heappush(heap, entry)
@@ -387,8 +421,9 @@ class SchedulerCore:
         if spare < self.RESERVE_AHEAD_FREE_SHARE * kv.num_blocks:
             ahead = 0
         for state in sorted(due, key=lambda s: s.order):  # deterministic block ids
-            kv.extend(state.id, state.context_len + steps - 1 + ahead)
-            self._push_growth(state)  # its next crossing lies at or after the run's end
+            last_context = state.context_len + self._finish_step(state) - clock - 1
+            kv.extend(state.id, min(due[state] + ahead, last_context))
+            self._push_growth(state)  # its next crossing lies at or after the run's end (or its finish)
         return steps
 
     def prefill_launch(self, chunks: Sequence[PrefillChunk], num_sms: int, lane: str, layer_start: int = 0,

@@ -354,3 +354,35 @@ def test_multi_step_decode_reserves_growth_ahead_only_from_empty_blocks():
     (launch,) = s.schedule(0.02, {})
     assert launch.num_steps == 64 and len(s.kv.block_table(1)) == -(-(context + 63) // 16)
     assert s.kv.num_cached_blocks == cached
+
+
+def test_a_multi_step_decode_run_goes_on_past_a_finishing_request():
+    s = PrefillFirst(SchedulerConfig(num_sms=NUM_SMS, num_layers=NUM_LAYERS, kv_blocks=200, block_size=16),
+                     SLO(ttft_ms=1000, tbt_ms=50))
+    s.max_decode_steps = 64
+    for r in (Request(1, 0.0, 100, 200), Request(2, 0.0, 100, 11)):
+        s.on_arrival(r, 0.0)
+    (prefill,) = s.schedule(0.0, {})
+    s.on_launch_done(prefill, 0.01)  # both emit their first token
+    (run,) = s.schedule(0.01, {})
+    # request 2 has 10 tokens to go: it leaves after 10 steps, the run goes on with request 1
+    assert run.num_steps == 64 and run.decode_departures == ((10, 101),)
+    assert run.decode_segments() == [(10, 2, 202), (54, 1, 101 + 10)]
+    # request 2's KV is reserved up to its last token only (steps 0..9 write tokens 101..110)
+    assert len(s.kv.block_table(2)) == -(-110 // 16)
+    ends = tuple(0.01 + 0.02 * (j + 1) for j in range(64))
+    s.on_launch_done(Launch(DECODE, run.num_sms, decode_ids=run.decode_ids, decode_kv_len=run.decode_kv_len,
+                            num_layers=NUM_LAYERS, num_steps=64, step_ends=ends,
+                            decode_departures=run.decode_departures), ends[-1])
+    short, long_ = s.records[1], s.records[0]
+    assert len(short.token_at) == 11 and short.token_at[1:] == list(ends[:10]) and short.finished_at == ends[9]
+    assert 2 not in s.kv and s.decoding == [s.states[1]]
+    assert s.states[1].num_generated == 1 + 64 and s.decode_kv_len == 101 + 64 and long_.finished_at is None
+    s.check_invariants()
+
+
+def test_launch_departures_are_checked():
+    with pytest.raises(ValueError):  # the last step is not a departure: the run would end there
+        Launch(DECODE, 8, decode_ids=(1, 2), decode_kv_len=10, num_steps=4, decode_departures=((4, 5),))
+    with pytest.raises(ValueError):  # someone must stay in the batch
+        Launch(DECODE, 8, decode_ids=(1,), decode_kv_len=10, num_steps=4, decode_departures=((2, 10),))

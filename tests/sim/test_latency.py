@@ -26,6 +26,19 @@ def test_roofline_sanity_llama3_8b_h100():
     assert 0.005 < ROOF_8B.decode_s(1, 1024, 132) < 0.008
 
 
+@settings(max_examples=60, deadline=None)
+@given(batch=st.integers(1, 256), per_request=st.integers(1, 32768), sms=st.sampled_from([8, 16, 40, 64, 132]),
+       model=st.sampled_from(["llama3-8b", "llama3-70b"]))
+def test_roofline_decode_line_is_the_roofline(batch, per_request, sms, model):
+    # decode_s is memoised as a line in the batch's KV (two evaluations per batch and partition): it must
+    # agree with the roofline evaluated directly, at any KV, for a TP model too
+    roof = RooflineLatency(get_model(model, tp=8) if model == "llama3-70b" else get_model(model), H100)
+    kv = batch * per_request
+    direct = roof.time_s(roof.work((), (), batch, kv), sms)
+    assert roof.decode_s(batch, kv, sms) == pytest.approx(direct, rel=1e-12)
+    assert roof.decode_s(batch, kv + batch, sms) > roof.decode_s(batch, kv, sms)
+
+
 def test_roofline_decode_saturates_prefill_scales():
     for batch, ctx in [(1, 1024), (64, 1024), (64, 8192)]:
         full = ROOF_8B.decode_s(batch, batch * ctx, 132)
