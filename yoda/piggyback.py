@@ -4,6 +4,8 @@ A mixin of GangScheduler: it uses the scheduler's queues, estimator, options and
 """
 from __future__ import annotations
 
+import itertools
+
 from yoda.backend import DECODE, Launch
 
 
@@ -16,10 +18,13 @@ class Piggyback:
         that moves prefill faster than the split was tried and measured no better: notes of 2026-11-29.)"""
         if not self.opts.piggyback or self.job is not None or self.suspended is not None or self.late:
             return None
-        if len(self.waiting) > self.PIGGYBACK_SCAN:
+        # only the waiting requests the decode batch has room for can be prefilled now
+        room = self.config.max_batch - len(self.decoding) - len(self.ready) - len(self.prefilling)
+        admissible = min(len(self.waiting), max(room, 0))
+        if admissible > self.PIGGYBACK_SCAN:
             return None
         pending = sum(s.remaining_prefill for s in self.prefilling if not s.in_flight)
-        pending += sum(s.target_len for s in self.waiting)
+        pending += sum(s.target_len for s in itertools.islice(self.waiting, admissible))
         if pending == 0 or pending > self._mix_budget(len(batch), self.decode_kv_len):
             return None
         job = self._new_job(now, token_budget=pending)

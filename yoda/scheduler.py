@@ -377,13 +377,31 @@ class SchedulerCore:
             steps = max(self._reserve_growth(steps), 1)
         return steps
 
+    def departures_end_runs(self) -> bool:
+        """Whether a multi-step decode run should end where a request finishes, so this scheduler decides
+        again: while a request waits for admission (the room and KV it frees may let it in)."""
+        return bool(self.waiting)
+
+    def admission_blocked(self) -> bool:
+        """Whether the next waiting request is held back by the decode batch cap or by free KV, which a
+        finishing request relieves."""
+        if not self.waiting:
+            return False
+        if len(self.decoding) + len(self.ready) + len(self.prefilling) >= self.config.max_batch:
+            return True
+        head = self.waiting[0]
+        return self.kv.blocks_for(head.target_len) > self.kv.num_free_blocks + self.kv.match_prefix(head.chain)
+
     def _decode_run(self, limit: int) -> tuple[int, tuple[tuple[int, int], ...]]:
         """Steps of a decode-only run (at most `limit`) and the requests that finish and leave it on the way
         (Launch.decode_departures): the run goes on past them, and ends early only where a KV block cannot
         be reserved or the batch empties. One-step launches give the same token times (their step time
-        depends only on the batch and its KV)."""
+        depends only on the batch and its KV). Where the policy would decide differently after a departure
+        (departures_end_runs), the run ends at the first one instead."""
         if limit <= 1:
             return 1, ()
+        if self.departures_end_runs():
+            return self._quiet_steps(limit), ()
         clock, heap = self.step_clock[0], self._finish_heap
         end = clock + limit
         # (a scan, not pops: the run may be cut before they finish, and most of the batch may leave in it)
