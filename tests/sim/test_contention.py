@@ -60,3 +60,17 @@ def test_deterministic_and_configurable():
 
 def test_no_contention():
     assert NoContention().slowdown(decode(20), prefill(112), H100, MODEL) == 1.0
+
+
+@pytest.mark.parametrize("batch,ctx", [(1, 16), (8, 700), (64, 2048), (256, 30000)])
+@pytest.mark.parametrize("num_sms", [8, 40, 132])
+def test_decode_profile_from_its_kv_line_is_the_roofline_profile(batch, ctx, num_sms):
+    # decode profiles are memoised as lines in KV per batch and partition: they must equal the profile
+    # computed from the roofline at that KV directly (the prefill path)
+    model = ContentionModel()
+    launch = decode(num_sms, batch, ctx)
+    memory_s, compute_s = model._memory_compute_s(launch, H100, MODEL)
+    memory_bound = memory_s / max(memory_s, compute_s)
+    expected = (max(model.min_sensitivity, memory_bound),
+                min(1.0, memory_bound * H100.bandwidth_share(num_sms) + (1 - memory_bound) * H100.compute_share(num_sms)))
+    assert model.profile(launch, H100, MODEL) == pytest.approx(expected, rel=1e-12)
