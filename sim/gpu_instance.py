@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -50,6 +51,9 @@ class _Running:
     # Cut points, in solo work done since the start: the end of each decode step of a multi-step run or
     # of each layer of a prefill group; None for a launch that cannot be cut.
     unit_ends: list[float] | None = None
+    # step ends not computed yet: (steps, first step's solo s, growth per step, offset) per stretch of a
+    # decode run, turned into unit_ends only as far as a cut or the end needs (most long runs are cut early)
+    later: deque | None = None
     # (wall time, solo work done by then, rate from then on): turns step ends into wall times
     segments: list[tuple[float, float, float]] | None = None
 
@@ -123,9 +127,9 @@ class GpuInstance:
             if launch.lane in self.running:
                 raise RuntimeError(f"scheduler launched on busy lane {launch.lane}")
             ends, segments = None, None
+            later = None
             if launch.num_steps > 1:
-                ends = self._step_ends_solo(launch)
-                solo = ends[-1]
+                ends, later, solo = self._step_ends_solo(launch)
                 segments = [(self.env.now, 0.0, 1.0)]
             else:
                 solo = launch_solo_s(self.latency, launch, self.model.num_layers)
@@ -134,25 +138,45 @@ class GpuInstance:
                     per_layer = (solo - LAYER_GROUP_LAUNCH_S) / layers
                     ends = [LAYER_GROUP_LAUNCH_S + per_layer * (i + 1) for i in range(layers)]
             self.running[launch.lane] = _Running(launch, solo, 1.0, self.env.now, self.env.now, total_s=solo,
-                                                 unit_ends=ends, segments=segments)
+                                                 unit_ends=ends, segments=segments, later=later)
             self._log(launch, solo)
         used = sum(r.launch.num_sms for r in self.running.values())
         if used > self.gpu.num_sms:
             raise RuntimeError(f"launches use {used} SMs, GPU has {self.gpu.num_sms}")
         self._retime()
 
-    def _step_ends_solo(self, launch: Launch) -> list[float]:
-        """Cumulative solo time of each step of a multi-step launch: the decode batch's context grows by one
-        token a step (and shrinks where a request leaves the run), a prefill chunk moves one chunk further
-        into its prompt."""
+    def _step_ends_solo(self, launch: Launch) -> tuple[list[float], deque | None, float]:
+        """Cumulative solo time at each step end of a multi-step launch (some of them: see _Running.later)
+        and the launch's whole solo time. A decode batch's context grows by one token a step (and shrinks
+        where a request leaves the run); a prefill chunk moves one chunk further into its prompt."""
         if launch.prefill:
-            return self._progression(self._step_solo_s(launch), launch.num_steps, linear=False)
-        source, sms, ends, offset = self.latency, launch.num_sms, [], 0.0
-        linear = getattr(source, "decode_linear_in_kv", False)
+            ends = self._progression(self._step_solo_s(launch), launch.num_steps, linear=False)
+            return ends, None, ends[-1]
+        source, sms = self.latency, launch.num_sms
+        if not getattr(source, "decode_linear_in_kv", False):
+            ends, offset = [], 0.0
+            for n, b, kv in launch.decode_segments():
+                ends += self._progression(lambda j: source.decode_s(b, kv + j * b, sms), n, False, offset)
+                offset = ends[-1]
+            return ends, None, ends[-1]
+        # linear in KV: each stretch is an arithmetic progression, its last end computed as the list would
+        later, offset = deque(), 0.0
         for n, b, kv in launch.decode_segments():
-            ends += self._progression(lambda j: source.decode_s(b, kv + j * b, sms), n, linear, offset)
-            offset = ends[-1]
-        return ends
+            first = source.decode_s(b, kv, sms)
+            slope = (source.decode_s(b, kv + (n - 1) * b, sms) - first) / (n - 1) if n > 1 else 0.0
+            later.append((n, first, slope, offset))
+            j = n - 1
+            offset = offset + (j + 1) * first + slope * j * (j + 1) / 2
+        ends: list[float] = []
+        self._compute_ends(ends, later, upto=0.0)  # the first stretch
+        return ends, later, offset
+
+    @staticmethod
+    def _compute_ends(ends: list[float], later: deque, upto: float | None) -> None:
+        """Append the step ends of the stretches in `later` until one reaches `upto` (solo seconds; None: all)."""
+        while later and (upto is None or not ends or ends[-1] < upto):
+            n, first, slope, offset = later.popleft()
+            ends += [offset + (j + 1) * first + slope * j * (j + 1) / 2 for j in range(n)]
 
     @staticmethod
     def _progression(step_s: Callable[[int], float], n: int, linear: bool, offset: float = 0.0) -> list[float]:
@@ -208,6 +232,8 @@ class GpuInstance:
         del self.running[lane]
         now = self.env.now
         if run.segments is not None:
+            if run.later:
+                self._compute_ends(run.unit_ends, run.later, None)
             launch = run.launch
             run.launch = _ran(launch, launch.num_steps, launch.layer_end, self._step_ends(run, now))
         self.busy_s += now - run.started_at
@@ -243,13 +269,16 @@ class GpuInstance:
         for lane in lanes:
             run = self.running[lane]
             ends = run.unit_ends
-            if ends is None or len(ends) == 1:
+            if ends is None or (len(ends) == 1 and not run.later):
                 continue
             drained = run.drained_at(now)
+            if run.later:
+                self._compute_ends(ends, run.later, drained)
             done = bisect.bisect_left(ends, drained) + 1
-            if done >= len(ends):
+            if done >= len(ends) and not run.later:
                 continue
             del ends[done:]
+            run.later = None
             launch = run.launch
             if launch.num_steps > 1:
                 run.launch = _ran(launch, done, launch.layer_end)
