@@ -19,13 +19,13 @@ partition meets both SLOs the scheduler counts which one it gave up (`counters`)
 """
 from __future__ import annotations
 
-import itertools
 import math
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from yoda.backend import DECODE, PREFILL, Launch, PrefillChunk
+from yoda.decode_split import DecodeSplit
 from yoda.estimator import Estimator
 from yoda.partitions import PartitionMenu
 from yoda.piggyback import Piggyback
@@ -76,7 +76,7 @@ ABLATIONS: dict[str, dict] = {
 }
 
 
-class GangScheduler(SlackAdmission, Piggyback, PrefillPreemption, SchedulerCore):
+class GangScheduler(DecodeSplit, SlackAdmission, Piggyback, PrefillPreemption, SchedulerCore):
     PREEMPT_SCAN = 16  # waiting requests (in slack order) considered for a jump at each layer boundary
     NEED_SCAN = 32  # waiting requests counted when sizing prefill's share against TTFT deadlines
     PIGGYBACK_SCAN = 8  # a longer waiting queue is never a small backlog
@@ -194,73 +194,6 @@ class GangScheduler(SlackAdmission, Piggyback, PrefillPreemption, SchedulerCore)
             return (self.opts.prefill_tokens, 0) if self.waiting or self.late else (0, 0)
         return job.num_tokens, sum(c.start_len for c in job.chunks)
 
-    def choose_decode_sms(self, batch_size: int, kv_len: int, prefill_busy_sms: int, now: float = 0.0) -> int:
-        """Decode SMs for the next step: the fewest meeting the TBT target (the paper's rule); with
-        ttft_aware_split, as many more as the prefill queue can spare while still meeting its TTFT
-        deadlines with margin (faster decode steps leave TBT headroom and free KV sooner).
-        Whole GPU when no prefill is pending."""
-        if not self._prefill_pending() and prefill_busy_sms == 0:
-            return self.config.num_sms
-        if not self.opts.adaptive_partition:
-            return self._static_decode_sms
-        pn, pr = self._job_tokens()
-        fewest = self._fewest_decode_sms(batch_size, kv_len, pn, pr)
-        if fewest is None:
-            self.counters["tbt_unmeetable"] += 1
-            fewest = self._split_sizes[-1]
-        # Decode-bound (requests wait for the batch cap or KV that only finishing decodes free): decode's
-        # speed, not just its TBT bound, sets throughput, so it also gets what the prefill queue can spare
-        bound = self.opts.decode_bound_split and self._decode_bound()
-        aware = self.opts.ttft_aware_split or bound
-        prefill_needed = self._prefill_sms_needed(now, admissible_only=bound) if aware else self.menu.usable_sms
-        spare = [d for d in self._split_sizes if d >= fewest and self.menu.usable_sms - d >= prefill_needed]
-        if spare:
-            chosen = max(spare)
-        else:
-            chosen = fewest
-            if self.opts.keep == "ttft":
-                fits = [d for d in self._split_sizes if self.menu.usable_sms - d >= prefill_needed]
-                chosen = max(fits) if fits else self._split_sizes[0]
-                self.counters["tbt_given_up"] += chosen < fewest
-            else:
-                self.counters["ttft_given_up"] += 1
-        self._desired_decode_sms = chosen
-        free = self.config.num_sms - prefill_busy_sms
-        if chosen > free:
-            self.counters["decode_squeezed"] += 1
-            chosen = self.menu.largest_decode_within(free) or free
-        return chosen
-
-    def _batch_room(self) -> int:
-        return self.config.max_batch - len(self.decoding) - len(self.ready) - len(self.prefilling)
-
-    def _decode_bound(self) -> bool:
-        """More requests wait than the decode batch has room for, or KV holds the next one back: only
-        finishing decodes let them in."""
-        return len(self.waiting) + len(self.late) > self._batch_room() or self.admission_blocked()
-
-    def _prefill_sms_needed(self, now: float, admissible_only: bool = False) -> int:
-        """Prefill SMs that finish the queued prefills (in slack order) by their TTFT deadlines with margin,
-        assuming prefill speed scales with SMs (it is compute-bound). Requests that already missed their
-        deadline do not count: nothing can save them; with `admissible_only`, neither do waiting requests
-        the decode batch has no room for."""
-        work_s, need = 0.0, 0.0
-        queue = ([self.job] if self.job else []) + ([self.suspended] if self.suspended else [])
-        for job in queue:
-            work_s += job.est_s * (1 - job.layers_done / self.config.num_layers)
-            need = max(need, work_s / max(min(self._deadline(s) for s in job.states) - now, 1e-3))
-        idle = (s for s in self.prefilling if not s.in_flight)
-        scan = self.NEED_SCAN
-        if admissible_only:
-            scan = min(scan, max(self._batch_room(), 0))
-        for state in itertools.chain(idle, itertools.islice(self.waiting, scan)):
-            deadline = self._deadline(state)
-            if deadline <= now:
-                continue
-            work_s += self._solo_prefill_s(state)
-            need = max(need, work_s / (deadline - now))
-        return min(self.menu.usable_sms, math.ceil(need * self.opts.ttft_safety * self.config.num_sms))
-
     def _solo_prefill_s(self, state: RequestState) -> float:
         """Whole-GPU prefill estimate of a request's remaining prompt, cached per request and length."""
         n = max(state.remaining_prefill, 1)
@@ -268,17 +201,6 @@ class GangScheduler(SlackAdmission, Piggyback, PrefillPreemption, SchedulerCore)
         if cached is None or cached[0] != n:
             cached = self._prefill_est[state.id] = (n, self.est.prefill_s([n], [state.prefilled_len], self.config.num_sms))
         return cached[1]
-
-    def _fewest_decode_sms(self, batch_size: int, kv_len: int, pn: int, pr: int) -> int | None:
-        # memoised on the guard's grid cell and 1K of KV: the answer changes only across those steps
-        key = (batch_size, kv_len >> 10, pn, pr)
-        if key not in self._split_memo:
-            if len(self._split_memo) > 65536:
-                self._split_memo.clear()
-            target = self.slo.tbt_s * self.opts.tbt_margin
-            self._split_memo[key] = next((d for d in self._split_sizes
-                                          if self.est.decode_guarded_s(batch_size, kv_len, d, pn, pr) <= target), None)
-        return self._split_memo[key]
 
     def _launch_decode(self, batch: tuple[int, ...], prefill_busy_sms: int, now: float) -> Launch:
         kv_len = self.decode_kv_len

@@ -1,0 +1,89 @@
+"""Multi-step decode runs: how many decode steps one launch may cover, which requests leave the batch on
+the way, and the KV blocks reserved for the run up front.
+
+Only backends that run several steps per launch (the simulator, SchedulerCore.max_decode_steps > 1) ask for
+them; the real executor launches one step at a time. A run must give the token times of one-step launches
+wherever the policy would decide the same at every step boundary, so a run ends where that may not hold.
+
+A mixin of SchedulerCore: it uses the core's decode batch (`decoding`, `step_clock`, the finish and growth
+heaps, `_finish_step`, `_push_growth`), its KV cache, config and `waiting` queue.
+"""
+from __future__ import annotations
+
+import heapq
+
+
+class MultiStepDecode:
+    def _quiet_steps(self, limit: int) -> int:
+        """Decode steps (at most `limit`) that can run back to back: no request finishes and no KV block
+        is needed before the last one. The backend cuts the run short at a step boundary when something
+        arrives."""
+        if limit <= 1:
+            return 1
+        steps = limit
+        if self._finish_heap:
+            steps = min(steps, self._finish_heap[0][0] - self.step_clock[0])
+        return self._fit_growth(max(steps, 1))
+
+    def _fit_growth(self, steps: int) -> int:
+        """`steps`, or fewer where a request needs a KV block that cannot be reserved now."""
+        if steps > 1 and self._grow_heap and self._grow_heap[0][0] - self.step_clock[0] < steps:
+            steps = max(self._reserve_growth(steps), 1)
+        return steps
+
+    def departures_end_runs(self) -> bool:
+        """Whether a multi-step decode run should end where a request finishes, so this scheduler decides
+        again: while a request waits for admission (the room and KV it frees may let it in)."""
+        return bool(self.waiting)
+
+    def _decode_run(self, limit: int) -> tuple[int, tuple[tuple[int, int], ...]]:
+        """Steps of a decode-only run (at most `limit`) and the requests that finish and leave it on the way
+        (Launch.decode_departures): the run goes on past them, and ends early only where a KV block cannot
+        be reserved or the batch empties. One-step launches give the same token times (their step time
+        depends only on the batch and its KV). Where the policy would decide differently after a departure
+        (departures_end_runs), the run ends at the first one instead."""
+        if limit <= 1:
+            return 1, ()
+        if self.departures_end_runs():
+            return self._quiet_steps(limit), ()
+        clock, heap = self.step_clock[0], self._finish_heap
+        end = clock + limit
+        # (a scan, not pops: the run may be cut before they finish, and most of the batch may leave in it)
+        leaving = sorted(e for e in heap if e[0] < end and e[2] == e[3].epoch and e[3].step_clock is not None)
+        steps = limit if len(leaving) < len(self.decoding) else leaving[-1][0] - clock
+        steps = self._fit_growth(steps)
+        return steps, tuple((last - clock, state.context_len) for last, _, _, state in leaving if last < clock + steps)
+
+    # While more than this share of the cache is empty, a run's growth reservation also covers the next
+    # RESERVE_AHEAD_BLOCKS blocks of each growing request, so the next runs need not stop to reserve again
+    # (a simulation speed-up: with that much empty, the blocks taken early change no admission and evict
+    # no cached prefix).
+    RESERVE_AHEAD_FREE_SHARE = 0.25
+    RESERVE_AHEAD_BLOCKS = 8
+
+    def _reserve_growth(self, steps: int) -> int:
+        """Steps a run may take past the KV block boundaries its requests cross: all of them when the free
+        blocks cover every crossing (no preemption can be needed, so the blocks are taken now), else up to
+        the first crossing (where decode_batch grows, preempting on shortage)."""
+        clock, bs, kv, heap = self.step_clock[0], self.config.block_size, self.kv, self._grow_heap
+        end = clock + steps
+        popped = []
+        while heap and heap[0][0] < end:
+            popped.append(heapq.heappop(heap))
+        # each request's KV up to the last token it writes in the run (a request that finishes leaves it)
+        due = {e[3]: e[3].context_len + min(steps, self._finish_step(e[3]) - clock) - 1
+               for e in popped if e[2] == e[3].epoch and e[3].step_clock is not None}  # ordered, unique
+        need = sum(max(0, -(-upto // bs) - len(kv.block_table(s.id))) for s, upto in due.items())
+        if need > kv.num_free_blocks:
+            for entry in popped:
+                heapq.heappush(heap, entry)
+            return heap[0][0] - clock
+        ahead = self.RESERVE_AHEAD_BLOCKS * bs
+        spare = kv.num_empty_blocks - need - len(due) * self.RESERVE_AHEAD_BLOCKS
+        if spare < self.RESERVE_AHEAD_FREE_SHARE * kv.num_blocks:
+            ahead = 0
+        for state in sorted(due, key=lambda s: s.order):  # deterministic block ids
+            last_context = state.context_len + self._finish_step(state) - clock - 1
+            kv.extend(state.id, min(due[state] + ahead, last_context))
+            self._push_growth(state)  # its next crossing lies at or after the run's end (or its finish)
+        return steps
