@@ -25,10 +25,10 @@ _CACHE_LIMIT = 8192
 class ContentionModel:
     max_slowdown: float | None = None  # None: gpu.max_contention_slowdown
     min_sensitivity: float = 0.1
+    # (gpu, model) -> (its roofline, {(batch, num_sms): (memory s, compute s) of a decode step at no KV
+    # and per KV token})
     _rooflines: dict = field(default_factory=dict, repr=False, compare=False)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
-    # (gpu, model, batch, num_sms) -> (memory s, compute s) of a decode step at no KV and per KV token
-    _decode_lines: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_slowdown is not None and not 0 <= self.max_slowdown < 1:
@@ -59,19 +59,23 @@ class ContentionModel:
         return found
 
     def _profile(self, launch: Launch, gpu: GpuSpec, model: ModelSpec) -> tuple[float, float]:
+        entry = self._rooflines.get((gpu, model))
+        if entry is None:
+            entry = self._rooflines[(gpu, model)] = (RooflineLatency(model, gpu), {})
+        roofline, decode_lines = entry
         if launch.prefill:
-            memory_s, compute_s = self._memory_compute_s(launch, gpu, model)
+            memory_s, compute_s = self._memory_compute_s(roofline, launch)
         else:
             # a decode step's memory and compute times are each linear in its KV (the attention kernel's
             # bound side does not depend on it): two roofline evaluations per batch size and partition
-            key = (gpu, model, len(launch.decode_ids), launch.num_sms)
-            line = self._decode_lines.get(key)
+            key = (len(launch.decode_ids), launch.num_sms)
+            line = decode_lines.get(key)
             if line is None:
                 probe = 1 << 20
-                at_zero = self._memory_compute_s(launch, gpu, model, kv_len=0)
-                at_probe = self._memory_compute_s(launch, gpu, model, kv_len=probe)
-                line = self._decode_lines[key] = (*at_zero, (at_probe[0] - at_zero[0]) / probe,
-                                                  (at_probe[1] - at_zero[1]) / probe)
+                at_zero = self._memory_compute_s(roofline, launch, kv_len=0)
+                at_probe = self._memory_compute_s(roofline, launch, kv_len=probe)
+                line = decode_lines[key] = (*at_zero, (at_probe[0] - at_zero[0]) / probe,
+                                            (at_probe[1] - at_zero[1]) / probe)
             kv = launch.decode_kv_len
             memory_s, compute_s = line[0] + line[2] * kv, line[1] + line[3] * kv
         # 1 when memory-bound (its time stretches with lost bandwidth), memory/compute when compute-bound
@@ -81,12 +85,9 @@ class ContentionModel:
                     + (1.0 - memory_bound) * gpu.compute_share(launch.num_sms))
         return sensitivity, min(1.0, pressure)
 
-    def _memory_compute_s(self, launch: Launch, gpu: GpuSpec, model: ModelSpec,
-                          kv_len: int | None = None) -> tuple[float, float]:
+    @staticmethod
+    def _memory_compute_s(roofline: RooflineLatency, launch: Launch, kv_len: int | None = None) -> tuple[float, float]:
         """(memory-bound seconds, compute-bound seconds) of a launch on the roofline."""
-        roofline = self._rooflines.get((gpu, model))
-        if roofline is None:
-            roofline = self._rooflines[(gpu, model)] = RooflineLatency(model, gpu)
         work = roofline.work([c.num_new for c in launch.prefill], [c.start_len for c in launch.prefill],
                              len(launch.decode_ids), launch.decode_kv_len if kv_len is None else kv_len)
         gemm_c, gemm_m, attn_c, attn_m = roofline.compute_memory_s(work, launch.num_sms)

@@ -150,13 +150,13 @@ class GpuInstance:
         and the launch's whole solo time. A decode batch's context grows by one token a step (and shrinks
         where a request leaves the run); a prefill chunk moves one chunk further into its prompt."""
         if launch.prefill:
-            ends = self._progression(self._step_solo_s(launch), launch.num_steps, linear=False)
+            ends = self._progression(self._step_solo_s(launch), launch.num_steps)
             return ends, None, ends[-1]
         source, sms = self.latency, launch.num_sms
         if not getattr(source, "decode_linear_in_kv", False):
             ends, offset = [], 0.0
             for n, b, kv in launch.decode_segments():
-                ends += self._progression(lambda j: source.decode_s(b, kv + j * b, sms), n, False, offset)
+                ends += self._progression(lambda j: source.decode_s(b, kv + j * b, sms), n, offset)
                 offset = ends[-1]
             return ends, None, ends[-1]
         # linear in KV: each stretch is an arithmetic progression, its last end computed as the list would
@@ -165,8 +165,7 @@ class GpuInstance:
             first = source.decode_s(b, kv, sms)
             slope = (source.decode_s(b, kv + (n - 1) * b, sms) - first) / (n - 1) if n > 1 else 0.0
             later.append((n, first, slope, offset))
-            j = n - 1
-            offset = offset + (j + 1) * first + slope * j * (j + 1) / 2
+            offset = offset + n * first + slope * (n - 1) * n / 2  # _arithmetic_ends(...)[-1], not built
         ends: list[float] = []
         self._compute_ends(ends, later, upto=0.0)  # the first stretch
         return ends, later, offset
@@ -175,23 +174,27 @@ class GpuInstance:
     def _compute_ends(ends: list[float], later: deque, upto: float | None) -> None:
         """Append the step ends of the stretches in `later` until one reaches `upto` (solo seconds; None: all)."""
         while later and (upto is None or not ends or ends[-1] < upto):
-            n, first, slope, offset = later.popleft()
-            ends += [offset + (j + 1) * first + slope * j * (j + 1) / 2 for j in range(n)]
+            ends += GpuInstance._arithmetic_ends(*later.popleft())
 
     @staticmethod
-    def _progression(step_s: Callable[[int], float], n: int, linear: bool, offset: float = 0.0) -> list[float]:
-        """`offset` plus the cumulative times of steps 0..n-1. Step time is linear in the step within a regime of the latency
-        source: when it is linear by construction, or the middle step lies on the line through the first
-        and last, the steps are that arithmetic progression (2-3 latency calls instead of one per step),
-        otherwise each step is asked for."""
+    def _arithmetic_ends(n: int, first: float, slope: float, offset: float) -> list[float]:
+        """`offset` plus the cumulative times of n steps whose time starts at `first` and grows by `slope`."""
+        return [offset + (j + 1) * first + slope * j * (j + 1) / 2 for j in range(n)]
+
+    @staticmethod
+    def _progression(step_s: Callable[[int], float], n: int, offset: float = 0.0) -> list[float]:
+        """`offset` plus the cumulative times of steps 0..n-1. Step time is linear in the step within a
+        regime of the latency source: when the middle step lies on the line through the first and last,
+        the steps are that arithmetic progression (3 latency calls instead of one per step), otherwise
+        each step is asked for."""
         first = step_s(0)
         if n == 1:
             return [offset + first]
         last = step_s(n - 1)
         mid = (n - 1) // 2
         slope = (last - first) / (n - 1)
-        if linear or abs(step_s(mid) - (first + slope * mid)) <= 1e-9 * last:
-            return [offset + (j + 1) * first + slope * j * (j + 1) / 2 for j in range(n)]
+        if abs(step_s(mid) - (first + slope * mid)) <= 1e-9 * last:
+            return GpuInstance._arithmetic_ends(n, first, slope, offset)
         return list(itertools.accumulate((step_s(j) for j in range(n)), initial=offset))[1:]
 
     def _step_solo_s(self, launch: Launch) -> Callable[[int], float]:

@@ -50,9 +50,6 @@ class DecodeSplit:
             chosen = self.menu.largest_decode_within(free) or free
         return chosen
 
-    def _batch_room(self) -> int:
-        return self.config.max_batch - len(self.decoding) - len(self.ready) - len(self.prefilling)
-
     def _decode_bound(self) -> bool:
         """More requests wait than the decode batch has room for, or KV holds the next one back: only
         finishing decodes let them in."""

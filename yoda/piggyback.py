@@ -19,8 +19,7 @@ class Piggyback:
         if not self.opts.piggyback or self.job is not None or self.suspended is not None or self.late:
             return None
         # only the waiting requests the decode batch has room for can be prefilled now
-        room = self.config.max_batch - len(self.decoding) - len(self.ready) - len(self.prefilling)
-        admissible = min(len(self.waiting), max(room, 0))
+        admissible = min(len(self.waiting), max(self._batch_room(), 0))
         if admissible > self.PIGGYBACK_SCAN:
             return None
         pending = sum(s.remaining_prefill for s in self.prefilling if not s.in_flight)

@@ -361,14 +361,22 @@ class SchedulerCore(MultiStepDecode):
         policy that re-decides less often beside a running prefill overrides this)."""
         return 1 if self.prefill_pending() else self.max_decode_steps
 
+    def _batch_room(self) -> int:
+        """Requests the decode batch cap lets in beyond those decoding, ready or admitted (may be negative)."""
+        return self.config.max_batch - len(self.decoding) - len(self.ready) - len(self.prefilling)
+
+    def _next_to_admit(self) -> RequestState | None:
+        """The request admission would try next (policies with more queues override it)."""
+        return self.waiting[0] if self.waiting else None
+
     def admission_blocked(self) -> bool:
         """Whether the next waiting request is held back by the decode batch cap or by free KV, which a
         finishing request relieves."""
-        if not self.waiting:
+        head = self._next_to_admit()
+        if head is None:
             return False
-        if len(self.decoding) + len(self.ready) + len(self.prefilling) >= self.config.max_batch:
+        if self._batch_room() <= 0:
             return True
-        head = self.waiting[0]
         return self.kv.blocks_for(head.target_len) > self.kv.num_free_blocks + self.kv.match_prefix(head.chain)
 
     def prefill_launch(self, chunks: Sequence[PrefillChunk], num_sms: int, lane: str, layer_start: int = 0,

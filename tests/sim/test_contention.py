@@ -3,6 +3,7 @@ import pytest
 
 from sim.contention import ContentionModel, NoContention
 from sim.hardware import GPUS
+from sim.latency import RooflineLatency
 from sim.model_spec import MODELS
 from yoda.backend import Launch, PrefillChunk
 
@@ -69,7 +70,7 @@ def test_decode_profile_from_its_kv_line_is_the_roofline_profile(batch, ctx, num
     # computed from the roofline at that KV directly (the prefill path)
     model = ContentionModel()
     launch = decode(num_sms, batch, ctx)
-    memory_s, compute_s = model._memory_compute_s(launch, H100, MODEL)
+    memory_s, compute_s = model._memory_compute_s(RooflineLatency(MODEL, H100), launch)
     memory_bound = memory_s / max(memory_s, compute_s)
     expected = (max(model.min_sensitivity, memory_bound),
                 min(1.0, memory_bound * H100.bandwidth_share(num_sms) + (1 - memory_bound) * H100.compute_share(num_sms)))
