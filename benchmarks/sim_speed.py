@@ -8,7 +8,9 @@ with numpy seed 0); (b) "azure_conv_100k": 100,000 (prompt, output) length pairs
 so Vidur, which has no prefix cache, does the same work as we do). Both simulators model Llama-3-8B on
 --instances H100s (one replica each, TP 1), round-robin dispatch, batch cap 128, 16-token KV blocks
 with our KV capacity. Vidur runs its Sarathi scheduler (chunked prefill, chunk 512) in its own venv
-(see benchmarks/vidur_adapter.py); we time `chunked` (token budget 512), `prefill_first` and `yoda`.
+(see benchmarks/vidur_adapter.py); we time `chunked` (token budget 512), `prefill_first` and `yoda`, each in
+one process and with its instances in --workers processes (round-robin instances never interact, so the
+records are the same: sim/shards.py); Vidur runs in one process.
 Writes results/sim_speed.json and results/sim_speed.md.
 """
 from __future__ import annotations
@@ -69,15 +71,17 @@ def workloads(synthetic_requests: int, synthetic_rate: float, mooncake_limit: in
 
 
 # ---- our simulator --------------------------------------------------------------------------------------
-def time_ours(requests: list[Request], policy: str, num_instances: int) -> dict:
-    """One simulation of `requests` under `policy`; wall time as SimResult.wall_s (build, run, metrics)."""
+def time_ours(requests: list[Request], policy: str, num_instances: int, workers: int = 1) -> dict:
+    """One simulation of `requests` under `policy` with its instances in up to `workers` processes; wall time
+    as SimResult.wall_s (build, run, metrics)."""
     from sim.run import SimConfig, simulate
     cfg = SimConfig(policy=policy, gpu="h100", model="llama3-8b", num_instances=num_instances,
                     dispatcher="round_robin", max_batch=MAX_BATCH, block_size=None, record_timeline=False,
                     policy_options=POLICY_OPTIONS.get(policy, {}))
-    result = simulate(requests, cfg)
+    result = simulate(requests, cfg, workers=workers)
     m = result.metrics
-    return {"simulator": "ours", "policy": policy, "requests": len(requests), "wall_s": result.wall_s,
+    return {"simulator": "ours", "policy": policy, "processes": min(workers, num_instances),
+            "requests": len(requests), "wall_s": result.wall_s,
             "sim_end_s": result.sim_end_s, "p50_ttft_ms": m["p50_ttft_ms"], "p99_ttft_ms": m["p99_ttft_ms"],
             "p99_tbt_ms": m["p99_tbt_ms"], "kv_reuse_fraction": m["kv_reuse_fraction"]}
 
@@ -102,7 +106,8 @@ def time_vidur(requests: list[Request], num_instances: int, work_dir: Path, time
     va.write_trace_csv(((r.arrival_at, r.prompt_len, r.output_len) for r in requests), work_dir / "trace.csv")
     cache_dir = Path.home() / ".cache" / "yoda" / "vidur" / profile_hash
     run = va.run_vidur(setup, work_dir / "trace.csv", work_dir / "profile", cache_dir, work_dir / "run", timeout_s)
-    row = {"simulator": "vidur", "policy": f"vidur-{VIDUR_SCHEDULER}", "requests": len(requests), "ok": run.ok,
+    row = {"simulator": "vidur", "policy": f"vidur-{VIDUR_SCHEDULER}", "processes": 1, "requests": len(requests),
+           "ok": run.ok,
            "wall_s": run.timings.get("loop_s"), "process_s": run.process_s, "timings": run.timings,
            "sim_end_s": run.sim_end_s, "completed": run.num_completed, "setup": asdict(setup)}
     if not run.ok:
@@ -126,12 +131,13 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def table_rows(rows: list[dict]) -> list[list[str]]:
-    return [[r["trace"], r["simulator"], r["policy"], str(r["requests"]), _fmt(r.get("wall_s"), ".1f"),
+    return [[r["trace"], r["simulator"], r["policy"], str(r.get("processes", 1)), str(r["requests"]),
+             _fmt(r.get("wall_s"), ".1f"),
              _fmt(r.get("process_s"), ".1f"), _fmt(r.get("req_per_wall_s"), ",.0f"), _fmt(r.get("vs_vidur"), ".1f")]
             for r in rows]
 
 
-HEADER = ["trace", "simulator", "policy", "requests", "wall s", "process s", "req / wall s", "x Vidur"]
+HEADER = ["trace", "simulator", "policy", "processes", "requests", "wall s", "process s", "req / wall s", "x Vidur"]
 
 
 def print_table(rows: list[dict]) -> None:
@@ -160,13 +166,14 @@ def device() -> str:
 def write_report(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "sim_speed.json").write_text(json.dumps(report, indent=1, default=str))
-    lines = [f"# Simulator speed: ours vs Vidur\n", f"Command: `{report['command']}`  ",
+    lines = ["# Simulator speed: ours vs Vidur\n", f"Command: `{report['command']}`  ",
              f"Date: {report['date']}  ", f"Device: {report['device']}  ",
              f"Script wall time: {report['script_wall_s']:.0f} s  ", f"Config: {report['config_text']}\n",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(report["rows"])]
     lines += ["", "wall s: ours = `SimResult.wall_s` (cluster build, event loop, metrics); Vidur = its event loop "
-              "(`Simulator.run` less output writing). process s: Vidur's whole subprocess (interpreter start-up, "
+              "(`Simulator.run` less output writing). processes: ours runs one instance per process, up to this "
+              "many at a time (the records do not depend on it). process s: Vidur's whole subprocess (interpreter start-up, "
               "imports, predictor training or cache load per replica, trace parsing, output). x Vidur: requests "
               "per wall second relative to Vidur's on the same trace.", ""]
     if report["vidur"].get("skipped"):
@@ -194,12 +201,13 @@ def config_text(num_instances: int, synthetic_rate: float) -> str:
 
 
 def run_ours(traces: dict[str, list[Request]], policies: list[str], num_instances: int,
-             progress: Callable[[str], None] = lambda s: None) -> list[dict]:
+             progress: Callable[[str], None] = lambda s: None, workers: tuple[int, ...] = (1,)) -> list[dict]:
     rows = []
     for trace, requests in traces.items():
         for policy in policies:
-            progress(f"ours/{policy} on {trace} ({len(requests)} requests)")
-            rows.append({"trace": trace, **time_ours(requests, policy, num_instances)})
+            for n in workers:
+                progress(f"ours/{policy} on {trace} ({len(requests)} requests, {min(n, num_instances)} processes)")
+                rows.append({"trace": trace, **time_ours(requests, policy, num_instances, n)})
     return rows
 
 
@@ -208,19 +216,23 @@ def main(synthetic_requests: int = typer.Option(100_000, help="requests in the A
          mooncake_requests: int = typer.Option(0, help="first N Mooncake requests (0: all 12,031)"),
          instances: int = typer.Option(4, help="H100s (replicas) for both simulators"),
          policies: str = typer.Option("chunked,prefill_first,yoda", help="our policies to time"),
+         workers: str = typer.Option("1,2", help="process counts to time ours with (instances run in parallel)"),
          vidur: bool = typer.Option(True, help="also time Vidur (needs .vidur-venv)"),
          vidur_timeout: float = typer.Option(3600.0, help="seconds per Vidur run"),
          out: Path = Path("results")) -> None:
     started = time.perf_counter()
     say = lambda s: print(f"[{time.perf_counter() - started:6.0f} s] {s}", flush=True)  # noqa: E731
     names = [p for p in policies.split(",") if p]
+    counts = tuple(int(w) for w in workers.split(",") if w)
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter(f"--workers needs process counts >= 1, got {workers!r}")
     version, why = va.vidur_status() if vidur else (None, "--no-vidur given")
     if not version:
         say(f"Vidur skipped: {why}")
     rows: list[dict] = []
     for trace, make in workloads(synthetic_requests, synthetic_rate, mooncake_requests or None).items():
         requests = make()
-        rows += run_ours({trace: requests}, names, instances, say)
+        rows += run_ours({trace: requests}, names, instances, say, counts)
         if version:
             say(f"vidur/{VIDUR_SCHEDULER} on {trace} ({len(requests)} requests)")
             with tempfile.TemporaryDirectory(prefix="vidur-") as tmp:
@@ -234,7 +246,8 @@ def main(synthetic_requests: int = typer.Option(100_000, help="requests in the A
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device(),
               "config": {"instances": instances, "max_batch": MAX_BATCH, "block_size": BLOCK_SIZE,
                          "synthetic_requests": synthetic_requests, "synthetic_rate_rps": synthetic_rate,
-                         "vidur_scheduler": VIDUR_SCHEDULER, "policy_options": POLICY_OPTIONS},
+                         "vidur_scheduler": VIDUR_SCHEDULER, "policy_options": POLICY_OPTIONS,
+                         "workers": list(counts)},
               "config_text": config_text(instances, synthetic_rate),
               "vidur": {"version": version, "skipped": None if version else why}, "rows": rows, "notes": NOTES,
               "script_wall_s": time.perf_counter() - started}

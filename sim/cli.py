@@ -11,6 +11,7 @@ Bad flags, traces or names print one `error: ...` line on stderr and exit with s
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from contextlib import contextmanager
@@ -187,6 +188,9 @@ def simulate_cmd(
     slo_tbt_ms: float = SLO_TBT, seed: int = SEED, max_requests: int | None = MAX_REQUESTS,
     option: list[str] = OPTION, ablation: list[str] = ABLATION, no_contention: bool = NO_CONTENTION,
     skip_bad: bool = SKIP_BAD,
+    workers: int | None = typer.Option(None, "--workers", help="processes for a cluster whose instances never "
+                                       "interact (round-robin dispatch, no disagg; same results): one instance "
+                                       "each, up to this many at a time (default: CPU count)"),
     out: Path | None = typer.Option(None, "--out", help="write results.json, requests.parquet, timeline.parquet, "
                                     "latency_cdf.png and timeline.png here"),
     as_json: bool = JSON_OUT,
@@ -199,9 +203,11 @@ def simulate_cmd(
     from sim.workloads import load_workload
 
     with _user_errors():
+        if workers is not None and workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {workers}")
         cfg = make_config(flags)
         requests, desc = load_workload(_trace(flags), fmt, rate, scale, replay, cv, seed, max_requests, skip_bad)
-    result = simulate(requests, cfg)
+    result = simulate(requests, cfg, workers=workers or os.cpu_count() or 1)
     extra = {"scheduler_counters": scheduler_counters(result), "workload": desc, "command": _command_line(ctx),
              "flags": _jsonable_flags(flags)}
     res = results_dict(result, extra)

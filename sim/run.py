@@ -20,6 +20,7 @@ from sim.latency import LatencySource, PdmuxFitLatency, RooflineLatency
 from sim.profile_table import ProfileTableLatency
 from sim.model_spec import ModelSpec, get_model, kv_capacity_blocks
 from sim.sampling import estimator_for
+from sim.shards import run_sharded, shardable
 from yoda.disaggregation import DisaggDecode, DisaggPrefill
 from yoda.dispatcher import make_dispatcher
 from yoda.metrics import compute_metrics
@@ -81,7 +82,7 @@ def make_latency(name: str, model: ModelSpec, gpu: GpuSpec) -> LatencySource:
     raise ValueError(f"latency source must be 'roofline', 'pdmux' or a profile directory, got {name!r}")
 
 
-def _schedulers(cfg: SimConfig, sched_cfg: SchedulerConfig, estimator_factory):
+def _schedulers(cfg: SimConfig, sched_cfg: SchedulerConfig, estimator_factory, count: int):
     menu_keys = ("granularity", "step_sms")
     if cfg.policy != "disagg":
         options = dict(cfg.policy_options)
@@ -89,7 +90,7 @@ def _schedulers(cfg: SimConfig, sched_cfg: SchedulerConfig, estimator_factory):
             options = {k: v for k, v in options.items() if k not in menu_keys}
         make = (lambda: make_scheduler(cfg.policy, sched_cfg, cfg.slo, estimator=estimator_factory(), **options)
                 ) if cfg.policy == "yoda" else (lambda: make_scheduler(cfg.policy, sched_cfg, cfg.slo, **options))
-        return [make() for _ in range(cfg.num_instances)]
+        return [make() for _ in range(count)]
     num_p = cfg.num_prefill_instances or max(1, cfg.num_instances // 2)
     if not 0 < num_p < cfg.num_instances:
         raise ValueError(f"disagg needs 1 <= prefill instances < {cfg.num_instances}, got {num_p}")
@@ -105,7 +106,11 @@ def auto_block_size(requests: Sequence[Request]) -> int:
     return min(max(min(sizes), 16), 512) if sizes else 16
 
 
-def build(cfg: SimConfig, env: simpy.Environment, block_size: int = 16) -> Cluster:
+def build(cfg: SimConfig, env: simpy.Environment, block_size: int = 16, only: int | None = None) -> Cluster:
+    """The simulated cluster; with `only`, just that instance (a shard of a cluster whose instances never
+    interact, see sim/shards.py)."""
+    if only is not None and not 0 <= only < cfg.num_instances:
+        raise ValueError(f"instance {only} is not in a cluster of {cfg.num_instances}")
     gpu = get_gpu(cfg.gpu)
     model = get_model(cfg.model, tp=cfg.tp)
     latency = make_latency(cfg.latency, model, gpu)
@@ -119,31 +124,56 @@ def build(cfg: SimConfig, env: simpy.Environment, block_size: int = 16) -> Clust
     def estimator_factory():
         return estimator_for(key, latency, contention, gpu, model, menu)
 
+    schedulers = _schedulers(cfg, sched_cfg, estimator_factory, cfg.num_instances if only is None else 1)
+    indices = range(cfg.num_instances) if only is None else (only,)
     instances = [GpuInstance(env, i, s, latency, contention, gpu, model, cfg.record_timeline, cfg.check_every,
                              cfg.max_decode_steps)
-                 for i, s in enumerate(_schedulers(cfg, sched_cfg, estimator_factory))]
+                 for i, s in zip(indices, schedulers)]
     return Cluster(env, instances, make_dispatcher(cfg.dispatcher), model.kv_bytes_per_token,
                    Link(cfg.link_gbps), cfg.kv_return, model.num_layers if cfg.kv_stream else 0)
 
 
-def simulate(requests: Sequence[Request], cfg: SimConfig) -> SimResult:
-    started = time.perf_counter()
+@dataclass
+class RunPart:
+    """What one event loop produced: the whole cluster's, or one shard's (sim/shards.py)."""
+
+    records: list[RequestRecord]
+    timelines: list[Timeline | None]
+    counters: dict[str, int]
+    sim_end_s: float
+
+
+def run_part(requests: Sequence[Request], cfg: SimConfig, block_size: int, only: int | None = None) -> RunPart:
+    """Replay `requests` (in arrival order) through the cluster, or through instance `only` alone."""
     env = simpy.Environment()
-    cluster = build(cfg, env, cfg.block_size or auto_block_size(requests))
-    env.process(cluster.replay_open_loop(sorted(requests, key=lambda r: (r.arrival_at, r.request_id))))
+    cluster = build(cfg, env, block_size, only)
+    env.process(cluster.replay_open_loop(requests))
     env.run()
     records = cluster.records()
     unfinished = [r.request_id for r in records if r.finished_at is None]
     if unfinished:
         raise RuntimeError(f"simulation ended with {len(unfinished)} unfinished requests (first: {unfinished[:5]})")
-    metrics = compute_metrics(records, cfg.slo)
-    metrics.update(policy=cfg.policy, gpu=cfg.gpu, model=cfg.model, tp=cfg.tp, num_instances=cfg.num_instances)
     counters: dict[str, int] = {}
     for g in cluster.instances:
         for key, value in getattr(g.scheduler, "counters", {}).items():
             counters[key] = counters.get(key, 0) + value
     if cluster.num_transfers:
         counters.update(kv_transfers=cluster.num_transfers, kv_transferred_gb=round(cluster.transferred_bytes / 1e9, 3))
-    metrics["scheduler_counters"] = counters
-    return SimResult(cfg, records, metrics, [g.timeline for g in cluster.instances],
-                     time.perf_counter() - started, env.now)
+    return RunPart(records, [g.timeline for g in cluster.instances], counters, env.now)
+
+
+def simulate(requests: Sequence[Request], cfg: SimConfig, workers: int = 1) -> SimResult:
+    """Replay `requests` through the simulated cluster. With `workers` > 1, a cluster whose instances never
+    interact (round-robin dispatch, no disaggregation) runs one instance per process, up to `workers` at a
+    time; the records are the same as in one process."""
+    started = time.perf_counter()
+    block_size = cfg.block_size or auto_block_size(requests)
+    ordered = sorted(requests, key=lambda r: (r.arrival_at, r.request_id))
+    if workers > 1 and shardable(cfg):
+        part = run_sharded(ordered, cfg, block_size, workers)
+    else:
+        part = run_part(ordered, cfg, block_size)
+    metrics = compute_metrics(part.records, cfg.slo)
+    metrics.update(policy=cfg.policy, gpu=cfg.gpu, model=cfg.model, tp=cfg.tp, num_instances=cfg.num_instances)
+    metrics["scheduler_counters"] = part.counters
+    return SimResult(cfg, part.records, metrics, part.timelines, time.perf_counter() - started, part.sim_end_s)

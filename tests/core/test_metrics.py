@@ -9,6 +9,8 @@ Percentiles are numpy's linear interpolation: p(q) of sorted x at index q/100 * 
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from yoda.metrics import all_tbt_gaps_s, compute_metrics, request_meets_slo
 from yoda.request import SLO, RequestRecord
@@ -120,3 +122,12 @@ def test_empty_and_single_token_runs():
     only_rejected = [RequestRecord(1, 5.0, 10, 1, finished_at=5.0, rejected_reason="x")]
     m = compute_metrics(only_rejected, SLO())
     assert m["completed"] == 0 and m["rejected"] == 1 and m["request_throughput"] == 0.0
+
+
+@given(st.lists(st.lists(st.floats(0, 1e4, allow_nan=False), max_size=6), max_size=8))
+def test_gaps_are_each_requests_own_differences(token_lists):
+    """The flat computation drops the step from one request's last token to the next one's first, and
+    skips requests with fewer than two tokens."""
+    recs = [RequestRecord(i, 0.0, 10, len(t), token_at=sorted(t)) for i, t in enumerate(token_lists)]
+    expected = [b - a for r in recs for a, b in zip(r.token_at, r.token_at[1:])]
+    assert all_tbt_gaps_s(recs).tolist() == expected

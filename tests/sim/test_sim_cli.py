@@ -92,6 +92,14 @@ def test_goodput_json_fields() -> None:
     assert all({"rate_rps", "ok"} <= set(p) for p in res["probes"])
 
 
+def test_workers_leave_the_results_unchanged() -> None:
+    """A round-robin cluster runs its instances in parallel processes with the same outcome."""
+    args = ["simulate", "--policy", "chunked", *SMALL, "--instances", "2", "--dispatcher", "round_robin", "--json"]
+    one, two = _json([*args, "--workers", "1"]), _json([*args, "--workers", "2"])
+    drop = ("command", "flags", "wall_s", "sim_requests_per_wall_s")
+    assert {k: v for k, v in one.items() if k not in drop} == {k: v for k, v in two.items() if k not in drop}
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["simulate", "--trace", "/no/such/trace.jsonl"], "no such trace file"),
     (["simulate", "--policy", "nope"], "unknown policy 'nope'"),
@@ -107,6 +115,7 @@ def test_goodput_json_fields() -> None:
     (["simulate", "--ablation", "no_brain"], "unknown ablation"),
     (["simulate", "--trace", "synthetic:wiki"], "unknown synthetic workload"),
     (["simulate", "--no-such-flag"], "No such option"),
+    (["simulate", "--workers", "0"], "--workers must be >= 1"),
     (["goodput", "--criterion", "best"], "--criterion"),
     (["sweep", "--out", "x"], "--rates"),
 ])
