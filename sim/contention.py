@@ -29,6 +29,8 @@ class ContentionModel:
     # and per KV token})
     _rooflines: dict = field(default_factory=dict, repr=False, compare=False)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # (prefill chunks, num_sms) -> profile: a prefill job's layer groups share it (it does not depend on layers)
+    _prefill_profiles: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_slowdown is not None and not 0 <= self.max_slowdown < 1:
@@ -44,6 +46,13 @@ class ContentionModel:
         sensitivity, _ = self.profile(this, gpu, model)
         _, pressure = self.profile(other, gpu, model)
         return 1.0 + cap * sensitivity * pressure
+
+    def slowdowns(self, a: Launch, b: Launch, gpu: GpuSpec, model: ModelSpec) -> tuple[float, float]:
+        """(slowdown of `a` beside `b`, of `b` beside `a`): both lanes' factors from one profile lookup each."""
+        cap = gpu.max_contention_slowdown if self.max_slowdown is None else self.max_slowdown
+        sensitivity_a, pressure_a = self.profile(a, gpu, model)
+        sensitivity_b, pressure_b = self.profile(b, gpu, model)
+        return 1.0 + cap * sensitivity_a * pressure_b, 1.0 + cap * sensitivity_b * pressure_a
 
     def profile(self, launch: Launch, gpu: GpuSpec, model: ModelSpec) -> tuple[float, float]:
         """(sensitivity, pressure) of a launch, both in [0, 1]."""
@@ -63,6 +72,15 @@ class ContentionModel:
         if entry is None:
             entry = self._rooflines[(gpu, model)] = (RooflineLatency(model, gpu), {})
         roofline, decode_lines = entry
+        if launch.prefill and not launch.decode_ids:
+            key = (launch.prefill, launch.num_sms, gpu, model)
+            found = self._prefill_profiles.get(key)
+            if found is None:
+                if len(self._prefill_profiles) >= _CACHE_LIMIT:
+                    self._prefill_profiles.clear()
+                found = self._lane_profile(gpu, launch, *self._memory_compute_s(roofline, launch))
+                self._prefill_profiles[key] = found
+            return found
         if launch.prefill:
             memory_s, compute_s = self._memory_compute_s(roofline, launch)
         else:
@@ -78,6 +96,9 @@ class ContentionModel:
                                             (at_probe[1] - at_zero[1]) / probe)
             kv = launch.decode_kv_len
             memory_s, compute_s = line[0] + line[2] * kv, line[1] + line[3] * kv
+        return self._lane_profile(gpu, launch, memory_s, compute_s)
+
+    def _lane_profile(self, gpu: GpuSpec, launch: Launch, memory_s: float, compute_s: float) -> tuple[float, float]:
         # 1 when memory-bound (its time stretches with lost bandwidth), memory/compute when compute-bound
         memory_bound = memory_s / max(memory_s, compute_s) if memory_s > 0 else 0.0
         sensitivity = max(self.min_sensitivity, memory_bound)
@@ -100,3 +121,6 @@ class NoContention(ContentionModel):
 
     def slowdown(self, this: Launch, other: Launch | None, gpu: GpuSpec, model: ModelSpec) -> float:
         return 1.0
+
+    def slowdowns(self, a: Launch, b: Launch, gpu: GpuSpec, model: ModelSpec) -> tuple[float, float]:
+        return 1.0, 1.0

@@ -214,14 +214,15 @@ class GpuInstance:
         self._rates_stale = False
         now = self.env.now
         running = self.running
-        for lane, run in running.items():
+        if len(running) == 2:
+            (lane_a, run_a), (lane_b, run_b) = running.items()
+            slow_a, slow_b = self.contention.slowdowns(run_a.launch, run_b.launch, self.gpu, self.model)
+            rates = ((lane_a, run_a, 1.0 / slow_a), (lane_b, run_b, 1.0 / slow_b))
+        else:
+            rates = [(lane, run, 1.0) for lane, run in running.items()]
+        for lane, run, rate in rates:
             run.remaining_s -= (now - run.updated_at) * run.rate
             run.updated_at = now
-            if len(running) == 1:
-                rate = 1.0
-            else:
-                other = next(r.launch for l, r in running.items() if l != lane)
-                rate = 1.0 / self.contention.slowdown(run.launch, other, self.gpu, self.model)
             if run.version == 0 or rate != run.rate:
                 if run.segments is not None and rate != run.rate:
                     run.segments.append((now, run.total_s - run.remaining_s, rate))

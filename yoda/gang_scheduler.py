@@ -101,6 +101,7 @@ class GangScheduler(DecodeSplit, SlackAdmission, Piggyback, PrefillPreemption, S
         self._chain_sets: dict[int, frozenset[int]] = {}
         self._desired_decode_sms = 0  # what the last decode choice wanted (before any squeeze)
         self._running_job: PrefillJob | None = None  # the job of the prefill-lane launch in flight
+        self._run_s_memo: tuple[Launch | None, float] = (None, 0.0)  # (decode launch, _decode_run_s of it)
         if self.opts.gang_steps < 1:
             raise ValueError(f"gang_steps must be >= 1, got {self.opts.gang_steps}")
 
@@ -208,7 +209,11 @@ class GangScheduler(DecodeSplit, SlackAdmission, Piggyback, PrefillPreemption, S
         """Estimated solo time of a decode launch: each stretch of steps with one batch (a run's batch shrinks
         where requests finish) at its first step's KV. Contexts grow a token a step, so this errs low, and
         the slowdown observed against it errs high (the safe side for the guard)."""
-        return sum(n * self.est.decode_s(b, kv, decode.num_sms) for n, b, kv in decode.decode_segments())
+        if self._run_s_memo[0] is decode:  # asked by each prefill group beside it and when it ends
+            return self._run_s_memo[1]
+        run_s = sum(n * self.est.decode_s(b, kv, decode.num_sms) for n, b, kv in decode.decode_segments())
+        self._run_s_memo = (decode, run_s)
+        return run_s
 
     def _refine_guard(self, now: float, launch: Launch) -> None:
         start, pn, pr, sms = self._decode_plan

@@ -75,3 +75,16 @@ def test_decode_profile_from_its_kv_line_is_the_roofline_profile(batch, ctx, num
     expected = (max(model.min_sensitivity, memory_bound),
                 min(1.0, memory_bound * H100.bandwidth_share(num_sms) + (1 - memory_bound) * H100.compute_share(num_sms)))
     assert model.profile(launch, H100, MODEL) == pytest.approx(expected, rel=1e-12)
+
+
+def test_both_lanes_at_once_match_one_at_a_time_and_layers_do_not_matter():
+    """`slowdowns` (what the simulator asks) is `slowdown` both ways; a prefill job's layer groups share one
+    profile, so a group's layer range must not change it."""
+    d, p = decode(48, 96, 3000), prefill(80, 6000, 1024)
+    model = ContentionModel()
+    assert model.slowdowns(d, p, H100, MODEL) == (model.slowdown(d, p, H100, MODEL), model.slowdown(p, d, H100, MODEL))
+    later_group = Launch("prefill", 80, prefill=p.prefill, layer_start=4, layer_end=30, num_layers=32)
+    fresh = ContentionModel()
+    assert fresh.slowdown(d, later_group, H100, MODEL) == model.slowdown(d, p, H100, MODEL)
+    assert model.slowdown(d, prefill(40, 6000, 1024), H100, MODEL) != model.slowdown(d, p, H100, MODEL)
+    assert NoContention().slowdowns(d, p, H100, MODEL) == (1.0, 1.0)
