@@ -6,4 +6,8 @@ GPU model (numpy/scipy/pandas only, no simpy, so the policy's estimator can use 
 - latency.py: LatencySource protocol, launch_solo_s, RooflineLatency (default), PdmuxFitLatency.
 - profile_table.py: measured profile tables (write_profile_table, ProfileTableLatency).
 - contention.py: slowdown of one lane while the other runs (ContentionModel, NoContention).
+
+Simulation (simpy): gpu_instance.py (one GPU's two lanes), cluster.py (dispatch, KV link), run.py (SimConfig,
+build, simulate), shards.py (uncoupled instances in parallel processes), sampling.py (the policy's estimator
+fitted on the latency source), workloads.py (trace and replay flags to requests), cli.py, sweep.py, outputs.py.
 """
