@@ -188,6 +188,9 @@ NOTES = [
     "(benchmarks/vidur_adapter.py). Vidur's random-forest predictor is trained on it (setup, cached).",
     "Vidur has no prefix cache; the Azure-derived trace has no block hashes, so neither simulator reuses KV "
     "there. On Mooncake ours reuses prefixes (kv_reuse_fraction) and Vidur recomputes them.",
+    "Vidur runs in one process: its replicas share one event loop behind its global scheduler. Ours with 2 "
+    "processes runs the 4 round-robin instances 2 at a time, each in its own event loop, and gives the same "
+    "records as one process (sim/shards.py; tests/sim/test_shards.py).",
     "Vidur's vLLM scheduler (whole-prompt prefill) is not run: its prediction grid would have to span "
     "prefill chunks up to the longest prompt (126K tokens on Mooncake).",
 ]
