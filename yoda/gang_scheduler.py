@@ -176,9 +176,10 @@ class GangScheduler(DecodeSplit, SlackAdmission, Piggyback, PrefillPreemption, S
             bool(self.waiting or self.late) and not self.admission_blocked())
 
     def departures_end_runs(self) -> bool:
-        # while prefill work is pending, a departure changes the split the next gang needs and may let a
-        # waiting request in (measured: going on past departures then cost 13% of mini-SWE goodput, 1xH100)
-        return self.prefill_pending()
+        # while prefill work is pending, a departure changes the split the next gang needs (measured: going on
+        # past departures then cost 13% of mini-SWE goodput, 1xH100); while a request waits, even one the
+        # batch cap or KV holds back (not pending), the room a departure frees may let it in
+        return self.prefill_pending() or bool(self.waiting or self.late)
 
     def _next_to_admit(self) -> RequestState | None:
         # late requests go when nothing that can still make it waits

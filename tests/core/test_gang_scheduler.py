@@ -416,3 +416,16 @@ def test_a_request_without_slack_computes_the_shared_prefix_itself():
     first, second = s.records
     assert second.reused_len == 0
     assert second.ttft_s <= 0.6 and first.ttft_s <= 0.6
+
+
+def test_a_request_held_back_by_the_batch_cap_gets_in_where_a_decode_run_frees_room():
+    """A decode run alone on the GPU ends at the step where a request finishes while another waits for room
+    in the batch (not pending prefill: the cap holds it back), so the waiting one is admitted there and not
+    when the whole run (up to 64 simulated steps) ends."""
+    requests = [Request(0, 0.0, 100, 200), Request(1, 0.0, 100, 11), Request(2, 0.001, 100, 5)]
+    res = simulate(requests, SimConfig(policy="yoda", max_batch=2, kv_blocks=1100, block_size=16))
+    long_, short, held = res.records
+    assert held.token_at[0] > short.finished_at  # it did wait for the room
+    step_s = short.token_at[-1] - short.token_at[-2]
+    assert held.token_at[0] - short.finished_at < 5 * step_s + 0.02  # its prefill and a step or two, not a run
+    assert long_.token_at[-1] > held.token_at[0] + 50 * step_s  # the long request's run went on after
