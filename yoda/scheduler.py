@@ -201,11 +201,7 @@ class SchedulerCore(MultiStepDecode):
     # ---- admission --------------------------------------------------------------------------------
     def try_admit(self, state: RequestState, now: float) -> bool:
         """Allocate KV for the prompt (reusing the cached prefix). False if it does not fit now."""
-        # the watermark keeps room for decode growth; an empty cache has nothing to protect (and a request
-        # that needs nearly all of it would otherwise never be admitted)
-        keep_free = int(self.config.watermark * self.config.kv_blocks) if self.kv.num_used_blocks else 0
-        need = self.kv.blocks_for(state.target_len)
-        if need + keep_free > self.kv.num_free_blocks + self.kv.match_prefix(state.chain):
+        if not self._kv_admits(state):
             return False
         try:
             alloc = self.kv.allocate(state.id, state.target_len, state.chain)
@@ -375,9 +371,15 @@ class SchedulerCore(MultiStepDecode):
         head = self._next_to_admit()
         if head is None:
             return False
-        if self._batch_room() <= 0:
-            return True
-        return self.kv.blocks_for(head.target_len) > self.kv.num_free_blocks + self.kv.match_prefix(head.chain)
+        return self._batch_room() <= 0 or not self._kv_admits(head)
+
+    def _kv_admits(self, state: RequestState) -> bool:
+        """Whether free KV (and the cached prefix it reuses) holds `state`'s prompt with the watermark left."""
+        # the watermark keeps room for decode growth; an empty cache has nothing to protect (and a request
+        # that needs nearly all of it would otherwise never be admitted)
+        keep_free = int(self.config.watermark * self.config.kv_blocks) if self.kv.num_used_blocks else 0
+        need = self.kv.blocks_for(state.target_len) + keep_free
+        return need <= self.kv.num_free_blocks + self.kv.match_prefix(state.chain)
 
     def prefill_launch(self, chunks: Sequence[PrefillChunk], num_sms: int, lane: str, layer_start: int = 0,
                        layer_end: int | None = None, batch: tuple[int, ...] = (), num_steps: int = 1) -> Launch:

@@ -386,3 +386,20 @@ def test_launch_departures_are_checked():
         Launch(DECODE, 8, decode_ids=(1, 2), decode_kv_len=10, num_steps=4, decode_departures=((4, 5),))
     with pytest.raises(ValueError):  # someone must stay in the batch
         Launch(DECODE, 8, decode_ids=(1,), decode_kv_len=10, num_steps=4, decode_departures=((2, 10),))
+
+
+@given(st.integers(50, 400), st.lists(st.integers(1, 600), max_size=6), st.integers(-25, 5), st.integers(0, 15))
+def test_admission_is_called_blocked_exactly_when_admission_would_refuse(kv_blocks, admitted_lens, offset, extra):
+    """`admission_blocked` (what Yoda's split and decode runs consult) and `try_admit` (what admits) agree,
+    watermark included: the head's need is drawn around the free blocks, where the watermark decides."""
+    s = PrefillFirst(SchedulerConfig(num_sms=NUM_SMS, num_layers=NUM_LAYERS, kv_blocks=kv_blocks, block_size=16,
+                                     watermark=0.05), SLO())
+    for i, n in enumerate(admitted_lens):
+        s.on_arrival(Request(i, 0.0, n, 4), 0.0)
+        s.try_admit(s.waiting.popleft(), 0.0)  # fills KV; one that does not fit is simply dropped here
+    head_len = (s.kv.num_free_blocks + offset) * 16 - extra
+    if head_len < 1 or s.kv.blocks_for(head_len + 4) > kv_blocks:
+        return  # no such prompt, or one rejected outright at arrival (it never waits)
+    s.on_arrival(Request(99, 0.0, head_len, 4), 0.0)
+    blocked = s.admission_blocked()
+    assert blocked == (not s.try_admit(s.waiting[0], 0.0))
