@@ -6,7 +6,7 @@ its own: request k (in arrival order) goes to instance k mod N, and running the 
 event loops gives the same records as one loop (each instance sees the same events in the same order).
 
 Workers are forked so they inherit the loaded requests and imported modules (spawning would re-import
-numpy, scipy and simpy in each, about a second). Where fork is unavailable the shards run one after another.
+numpy, scipy and simpy in each, about a second). Where fork is unavailable the cluster runs in one process.
 """
 from __future__ import annotations
 
