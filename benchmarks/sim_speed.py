@@ -132,8 +132,8 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def table_rows(rows: list[dict]) -> list[list[str]]:
     return [[r["trace"], r["simulator"], r["policy"], str(r.get("processes", 1)), str(r["requests"]),
-             _fmt(r.get("wall_s"), ".1f"),
-             _fmt(r.get("process_s"), ".1f"), _fmt(r.get("req_per_wall_s"), ",.0f"), _fmt(r.get("vs_vidur"), ".1f")]
+             _fmt(r.get("wall_s"), ".1f"), _fmt(r.get("process_s"), ".1f"), _fmt(r.get("req_per_wall_s"), ",.0f"),
+             _fmt(r.get("vs_vidur"), ".1f")]
             for r in rows]
 
 
@@ -173,9 +173,9 @@ def write_report(out: Path, report: dict) -> None:
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(report["rows"])]
     lines += ["", "wall s: ours = `SimResult.wall_s` (cluster build, event loop, metrics); Vidur = its event loop "
               "(`Simulator.run` less output writing). processes: ours runs one instance per process, up to this "
-              "many at a time (the records do not depend on it). process s: Vidur's whole subprocess (interpreter start-up, "
-              "imports, predictor training or cache load per replica, trace parsing, output). x Vidur: requests "
-              "per wall second relative to Vidur's on the same trace.", ""]
+              "many at a time (the records do not depend on it). process s: Vidur's whole subprocess (interpreter "
+              "start-up, imports, predictor training or cache load per replica, trace parsing, output). x Vidur: "
+              "requests per wall second relative to Vidur's on the same trace.", ""]
     if report["vidur"].get("skipped"):
         lines.append(f"Vidur skipped: {report['vidur']['skipped']}")
     lines += [f"- {note}" for note in report["notes"]]

@@ -42,10 +42,7 @@ class ContentionModel:
         """Factor (>= 1) by which `this` launch's solo time stretches while `other` runs beside it."""
         if other is None:
             return 1.0
-        cap = gpu.max_contention_slowdown if self.max_slowdown is None else self.max_slowdown
-        sensitivity, _ = self.profile(this, gpu, model)
-        _, pressure = self.profile(other, gpu, model)
-        return 1.0 + cap * sensitivity * pressure
+        return self.slowdowns(this, other, gpu, model)[0]
 
     def slowdowns(self, a: Launch, b: Launch, gpu: GpuSpec, model: ModelSpec) -> tuple[float, float]:
         """(slowdown of `a` beside `b`, of `b` beside `a`): both lanes' factors from one profile lookup each."""
@@ -118,9 +115,6 @@ class ContentionModel:
 @dataclass
 class NoContention(ContentionModel):
     """Lanes never slow each other (an upper bound on what partitioning can give)."""
-
-    def slowdown(self, this: Launch, other: Launch | None, gpu: GpuSpec, model: ModelSpec) -> float:
-        return 1.0
 
     def slowdowns(self, a: Launch, b: Launch, gpu: GpuSpec, model: ModelSpec) -> tuple[float, float]:
         return 1.0, 1.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import simpy
 
@@ -143,6 +143,15 @@ class RunPart:
     sim_end_s: float
 
 
+def sum_counters(counters: Iterable[dict[str, int]]) -> dict[str, int]:
+    """Key-wise sum of schedulers' (or shards') counters, keys in first-seen order."""
+    total: dict[str, int] = {}
+    for c in counters:
+        for key, value in c.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
 def run_part(requests: Sequence[Request], cfg: SimConfig, block_size: int, only: int | None = None) -> RunPart:
     """Replay `requests` (in arrival order) through the cluster, or through instance `only` alone."""
     env = simpy.Environment()
@@ -153,10 +162,7 @@ def run_part(requests: Sequence[Request], cfg: SimConfig, block_size: int, only:
     unfinished = [r.request_id for r in records if r.finished_at is None]
     if unfinished:
         raise RuntimeError(f"simulation ended with {len(unfinished)} unfinished requests (first: {unfinished[:5]})")
-    counters: dict[str, int] = {}
-    for g in cluster.instances:
-        for key, value in getattr(g.scheduler, "counters", {}).items():
-            counters[key] = counters.get(key, 0) + value
+    counters = sum_counters(getattr(g.scheduler, "counters", {}) for g in cluster.instances)
     if cluster.num_transfers:
         counters.update(kv_transfers=cluster.num_transfers, kv_transferred_gb=round(cluster.transferred_bytes / 1e9, 3))
     return RunPart(records, [g.timeline for g in cluster.instances], counters, env.now)

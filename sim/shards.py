@@ -42,7 +42,7 @@ def _run_shard(index: int):
 
 def run_sharded(requests: Sequence[Request], cfg, block_size: int, workers: int):
     """One RunPart for the whole cluster, from one event loop per instance in up to `workers` processes."""
-    from sim.run import RunPart, run_part
+    from sim.run import RunPart, run_part, sum_counters
     if not shardable(cfg):
         raise ValueError("only a round-robin cluster without disaggregation can be split into shards")
     if "fork" not in multiprocessing.get_all_start_methods():
@@ -58,8 +58,5 @@ def run_sharded(requests: Sequence[Request], cfg, block_size: int, workers: int)
     records = sorted((r for p in parts for r in p.records), key=lambda r: r.request_id)
     for record in records:
         record.token_at = record.token_at.tolist()
-    counters: dict[str, int] = {}
-    for part in parts:
-        for key, value in part.counters.items():
-            counters[key] = counters.get(key, 0) + value
-    return RunPart(records, [t for p in parts for t in p.timelines], counters, max(p.sim_end_s for p in parts))
+    return RunPart(records, [t for p in parts for t in p.timelines], sum_counters(p.counters for p in parts),
+                   max(p.sim_end_s for p in parts))
