@@ -75,7 +75,7 @@ def run_cmd(
 
 
 def _serve(flags: dict, requests):
-    from executor.runner import RunConfig, clamp_lengths, serve
+    from executor.runner import RunConfig, clamp_lengths, open_backend, serve
     from yoda.request import SLO
 
     requests = clamp_lengths(requests, flags["max_prompt_len"], flags["max_output_len"])
@@ -88,7 +88,12 @@ def _serve(flags: dict, requests):
                     seed=flags["seed"], clock=flags["clock"])
     if cfg.profile and not Path(cfg.profile).is_dir():
         raise ValueError(f"--profile {cfg.profile} is not a directory")
-    return serve(requests, cfg)
+    backend = open_backend(cfg.model, cfg.device, cfg.weights, cfg.num_layers, cfg.seed, cfg.cpu_threads)
+    if cfg.policy != "yoda":
+        return serve(requests, cfg, backend)
+    from calibration.estimators import run_estimator  # the CLI chooses the estimator; the runner is given it
+
+    return serve(requests, cfg, backend, *run_estimator(backend, cfg))
 
 
 def _simulate(flags: dict, requests, max_prompt_len: int | None, max_output_len: int | None):

@@ -29,10 +29,10 @@ import torch
 from executor.clocks import CLOCKS
 from executor.engine import Engine
 from executor.kv_pool import KVPool
+from executor.memory_plan import fixed_rows, kv_blocks_within, num_params
 from executor.model import DecoderModel, build_model
 from executor.partitions import PartitionManager
 from executor.prompts import prompt_for
-from sim.gpu_instance import Timeline
 from yoda.backend import DECODE, PREFILL, Launch
 from yoda.metrics import compute_metrics
 from yoda.policies import POLICIES, make_scheduler
@@ -76,6 +76,20 @@ class RunConfig:
             raise ValueError(f"clock must be wall, or cpu on the CPU device; got {self.clock!r} on {self.device}")
         if self.block_size < 1 or self.max_batch < 1 or self.cpu_threads < 1:
             raise ValueError("block_size, max_batch and cpu_threads must be >= 1")
+
+
+@dataclass
+class Timeline:
+    """What the GPU did, one entry per launch. NOTE: the fields of sim.gpu_instance.Timeline (sim.outputs
+    reads either); kept here so the executor imports no simpy."""
+
+    at: list[float]
+    lane: list[str]
+    num_sms: list[int]
+    decode_batch: list[int]
+    prefill_tokens: list[int]
+    queued: list[int]
+    duration_s: list[float]
 
 
 @dataclass
@@ -147,19 +161,16 @@ def open_backend(model: str, device: str = "cpu", weights: str | None = None, nu
 def check_fits(model: str, device: str, dtype: torch.dtype, num_layers: int | None = None) -> None:
     """Refuse (ValueError) a model whose weights would take most of the device's free memory."""
     from executor.config import load_config
-    from sim.model_spec import from_hf_config
 
     config = load_config(model)
-    if num_layers is not None:
-        config.num_hidden_layers = num_layers
-    params = from_hf_config({**config.to_dict(), "_name_or_path": model}).params
-    need = params * torch.empty((), dtype=dtype).element_size()
+    layers = num_layers or config.num_hidden_layers
+    need = num_params(config, layers) * torch.empty((), dtype=dtype).element_size()
     if device == "cuda":
         free = torch.cuda.mem_get_info()[0]
     else:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > 0.7 * free:
-        raise ValueError(f"{model} ({config.num_hidden_layers} layers) needs {need / 2**30:.1f} GiB of {dtype} "
+        raise ValueError(f"{model} ({layers} layers) needs {need / 2**30:.1f} GiB of {dtype} "
                          f"weights; {device} has {free / 2**30:.1f} GiB free: use --num-layers or another device")
 
 
@@ -187,38 +198,31 @@ def clamp_lengths(requests: Sequence[Request], max_prompt_len: int | None = None
     return out
 
 
-def kv_blocks_for(backend: Backend, requests: Sequence[Request], block_size: int) -> int:
-    """CPU: every request's prompt and output at once (capped by a memory budget). CUDA: free memory."""
-    per_block = KVPool.bytes_per_block(backend.model.config, block_size, backend.model.dtype)
+def kv_blocks_for(backend: Backend, requests: Sequence[Request], block_size: int, max_batch: int = 256) -> int:
+    """CPU: every request's prompt and output at once (capped by a memory budget). CUDA: what the memory
+    plan (executor.memory_plan: graphs, logits, prefill activations, workspace) leaves of free memory."""
+    config, dtype = backend.model.config, backend.model.dtype
     if backend.device.type == "cuda":
         if backend._pool is not None and backend._pool[0][1] == block_size:
             return backend._pool[0][0]  # the kept pool: runs on one backend see the same KV size
         # memory torch's allocator holds but does not use is free for the pool too
         free = (torch.cuda.mem_get_info(backend.device)[0] + torch.cuda.memory_reserved(backend.device)
                 - torch.cuda.memory_allocated(backend.device))
-        c = backend.model.config  # prefill activations of 16K tokens: MLP in/out, qkv, residuals
-        reserve = 2 * 16384 * (3 * c.intermediate_size + 8 * c.hidden_size) * 2 + (2 << 30)
-        return max(16, int((0.9 * free - reserve) // per_block))
+        elem = torch.empty((), dtype=dtype).element_size()
+        fixed = sum(fixed_rows(config, backend.model.num_layers, elem, max_batch, include_weights=False).values())
+        return max(16, kv_blocks_within(free, config, block_size, elem, backend.model.num_layers, fixed))
+    per_block = KVPool.bytes_per_block(config, block_size, dtype)
     need = sum(-(-(r.prompt_len + r.output_len) // block_size) for r in requests) + 16
     return max(16, min(need, CPU_KV_BUDGET_BYTES // per_block))
 
 
-def make_estimator(backend: Backend, cfg: RunConfig):
-    """(Estimator, where its numbers come from) for policy yoda: the profile, else a quick measurement
-    on the CPU, else the roofline of the model on the matching GPU spec."""
-    from calibration.fit import load_estimator, roofline_estimator
-
-    if cfg.profile:
-        return load_estimator(cfg.profile), f"calibration profile {cfg.profile}"
-    if backend.device.type == "cpu":
-        from calibration.measure import quick_estimator
-        return quick_estimator(backend, cfg.block_size, cfg.clock), "quick CPU measurement at start-up (no --profile)"
-    return roofline_estimator(backend), "roofline of the model on the GPU's datasheet (no --profile)"
-
-
 def serve(requests: Sequence[Request], cfg: RunConfig, backend: Backend | None = None,
           estimator=None, estimator_source: str = "given") -> RunResult:
-    """Serve `requests` (arrival times from 0) in real time. Builds the backend unless given."""
+    """Serve `requests` (arrival times from 0) in real time. Builds the backend unless given. Policy yoda
+    needs `estimator` (a yoda.estimator.Estimator; calibration.estimators.run_estimator makes one from a
+    profile, a quick measurement or the roofline): the executor itself imports no calibration or sim."""
+    if cfg.policy == "yoda" and estimator is None:
+        raise ValueError("policy yoda needs an estimator: pass one (calibration.estimators.run_estimator)")
     started = time.perf_counter()
     backend = backend or open_backend(cfg.model, cfg.device, cfg.weights, cfg.num_layers, cfg.seed, cfg.cpu_threads)
     model = backend.model
@@ -227,13 +231,11 @@ def serve(requests: Sequence[Request], cfg: RunConfig, backend: Backend | None =
     if too_long:
         raise ValueError(f"{len(too_long)} requests exceed {model.config.model_type} {cfg.model}'s {context}-token "
                          f"context (first: {too_long[0]}); cut them with --max-prompt-len / --max-output-len")
-    kv_blocks = cfg.kv_blocks or kv_blocks_for(backend, requests, cfg.block_size)
+    kv_blocks = cfg.kv_blocks or kv_blocks_for(backend, requests, cfg.block_size, cfg.max_batch)
     sched_cfg = SchedulerConfig(num_sms=backend.num_sms, num_layers=model.num_layers, kv_blocks=kv_blocks,
                                 block_size=cfg.block_size, max_batch=cfg.max_batch)
     options = dict(cfg.policy_options)
     if cfg.policy == "yoda":
-        if estimator is None:
-            estimator, estimator_source = make_estimator(backend, cfg)
         options["estimator"] = estimator
     else:
         options = {k: v for k, v in options.items() if k not in ("granularity", "step_sms")}

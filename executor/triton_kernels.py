@@ -2,6 +2,9 @@
 
 Runs on CUDA, or on the CPU under TRITON_INTERPRET=1 (set it before triton is first imported).
 Uses nothing newer than Triton 3.6. NOTE: `apply_rope` works in place (on strided views of q and k).
+Each kernel's launch parameters (constexprs and num_warps) come from one `*_params` function, which
+executor.kernel_report also compiles for sm_90 ahead of time: tile sizes and warps below were chosen
+there so that no kernel spills registers on Hopper (`python -m executor.gpu_check --preflight`).
 """
 from __future__ import annotations
 
@@ -13,19 +16,53 @@ import triton.language as tl
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
-def _dot_args(x: torch.Tensor) -> dict:
-    """Operand dtype and precision of tl.dot. NOTE: the interpreter computes bf16 arithmetic on raw bits,
-    so on the CPU every dot runs in fp32; fp32 uses exact ("ieee") products, never TF32."""
-    dtype = torch.float32 if _on_cpu(x) else x.dtype
-    return {"DOT_DTYPE": _TL_DTYPES[dtype], "PRECISION": "ieee" if dtype == torch.float32 else "tf32"}
-
-
 def _on_cpu(x: torch.Tensor) -> bool:
     return x.device.type == "cpu"  # interpreter: small tiles keep multi-tile paths covered and fast
 
 
-def _rows_per_program(x: torch.Tensor) -> int:
-    return 16 if _on_cpu(x) else 1  # the interpreter pays per program; a GPU wants one row per program
+# ---- launch parameters (shared with executor.kernel_report) -------------------------------------------
+# sm_90, bf16, head_dim 128: decode 4 warps x BLOCK_N 64 spilled 24 B of stack at 255 registers and prefill
+# 4 warps x 64 x 64 spilled 536 B; 8 warps keep both in registers (decode 122, prefill 178 per thread).
+DECODE_BLOCK_N, DECODE_WARPS = 32, 8
+PREFILL_BLOCK_M, PREFILL_BLOCK_N, PREFILL_WARPS = 64, 64, 8
+
+
+def rms_norm_params(n_cols: int, on_cpu: bool) -> dict:
+    block = triton.next_power_of_2(n_cols)
+    return {"BLOCK_ROWS": 16 if on_cpu else 1, "BLOCK": block, "num_warps": min(16, max(1, block // 256))}
+
+
+def rope_params(num_q_heads: int, num_k_heads: int, head_dim: int, on_cpu: bool) -> dict:
+    return {"HALF": head_dim // 2, "BLOCK_T": 16 if on_cpu else 1, "BLOCK_HQ": triton.next_power_of_2(num_q_heads),
+            "BLOCK_HK": triton.next_power_of_2(num_k_heads)}
+
+
+def silu_mul_params(on_cpu: bool) -> dict:
+    return {"BLOCK_ROWS": 16 if on_cpu else 1, "BLOCK": 64 if on_cpu else 1024}
+
+
+def decode_split_params(group: int, head_dim: int, block_size: int, num_splits: int, dtype: torch.dtype,
+                        on_cpu: bool) -> dict:
+    # NOTE: the interpreter computes bf16 arithmetic on raw bits, so on the CPU every dot runs in fp32;
+    # fp32 uses exact ("ieee") products, never TF32.
+    dot = torch.float32 if on_cpu else dtype
+    return {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_H": max(16, triton.next_power_of_2(group)),
+            "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_N": 16 if on_cpu else DECODE_BLOCK_N,
+            "BLOCK_SIZE": block_size, "NUM_SPLITS": num_splits, "DOT_DTYPE": _TL_DTYPES[dot],
+            "PRECISION": "ieee" if dot == torch.float32 else "tf32", "num_warps": 4 if on_cpu else DECODE_WARPS}
+
+
+def decode_reduce_params(head_dim: int, num_splits: int) -> dict:
+    return {"HEAD_DIM": head_dim, "BLOCK_D": triton.next_power_of_2(head_dim), "NUM_SPLITS": num_splits,
+            "BLOCK_S": triton.next_power_of_2(num_splits)}
+
+
+def prefill_params(group: int, head_dim: int, block_size: int, dtype: torch.dtype, on_cpu: bool) -> dict:
+    dot = torch.float32 if on_cpu else dtype
+    return {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_M": 16 if on_cpu else PREFILL_BLOCK_M,
+            "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_N": 16 if on_cpu else PREFILL_BLOCK_N,
+            "BLOCK_SIZE": block_size, "DOT_DTYPE": _TL_DTYPES[dot],
+            "PRECISION": "ieee" if dot == torch.float32 else "tf32", "num_warps": 4 if on_cpu else PREFILL_WARPS}
 
 
 @triton.jit
@@ -47,11 +84,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     assert x.stride(-1) == 1
     out = torch.empty_like(x)
     if x.shape[0]:
-        block = triton.next_power_of_2(x.shape[1])
-        rows = _rows_per_program(x)
-        _rms_norm_kernel[(triton.cdiv(x.shape[0], rows),)](
-            x, weight, out, x.stride(0), out.stride(0), x.shape[0], x.shape[1], eps,
-            BLOCK_ROWS=rows, BLOCK=block, num_warps=min(16, max(1, block // 256)))
+        params = rms_norm_params(x.shape[1], _on_cpu(x))
+        _rms_norm_kernel[(triton.cdiv(x.shape[0], params["BLOCK_ROWS"]),)](
+            x, weight, out, x.stride(0), out.stride(0), x.shape[0], x.shape[1], eps, **params)
     return out
 
 
@@ -89,11 +124,10 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
     half = q.shape[-1] // 2
     assert q.stride(-1) == 1 and k.stride(-1) == 1 and half == triton.next_power_of_2(half)
     if q.shape[0]:
-        rows = _rows_per_program(q)
-        _rope_kernel[(triton.cdiv(q.shape[0], rows),)](
+        params = rope_params(q.shape[1], k.shape[1], q.shape[-1], _on_cpu(q))
+        _rope_kernel[(triton.cdiv(q.shape[0], params["BLOCK_T"]),)](
             q, k, positions, cos_sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1), q.shape[0],
-            q.shape[1], k.shape[1], HALF=half, BLOCK_T=rows, BLOCK_HQ=triton.next_power_of_2(q.shape[1]),
-            BLOCK_HK=triton.next_power_of_2(k.shape[1]))
+            q.shape[1], k.shape[1], **params)
     return q, k
 
 
@@ -115,9 +149,9 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     num_tokens, inter = gate_up.shape[0], gate_up.shape[1] // 2
     out = torch.empty((num_tokens, inter), dtype=gate_up.dtype, device=gate_up.device)
     if num_tokens:
-        rows, block = _rows_per_program(gate_up), 64 if _on_cpu(gate_up) else 1024
-        _silu_mul_kernel[(triton.cdiv(num_tokens, rows), triton.cdiv(inter, block))](
-            gate_up, out, gate_up.stride(0), out.stride(0), num_tokens, inter, BLOCK_ROWS=rows, BLOCK=block)
+        params = silu_mul_params(_on_cpu(gate_up))
+        _silu_mul_kernel[(triton.cdiv(num_tokens, params["BLOCK_ROWS"]), triton.cdiv(inter, params["BLOCK"]))](
+            gate_up, out, gate_up.stride(0), out.stride(0), num_tokens, inter, **params)
     return out
 
 
@@ -209,15 +243,12 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         return out
     part_out = torch.empty((batch, num_heads, num_splits, dim), dtype=torch.float32, device=q.device)
     part_lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
-    block_d = triton.next_power_of_2(dim)
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse, scale,
         q.stride(0), q.stride(1), block_tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        GROUP=group, HEAD_DIM=dim, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_D=block_d,
-        BLOCK_N=16 if _on_cpu(q) else 64, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, **_dot_args(q))
+        **decode_split_params(group, dim, block_size, num_splits, q.dtype, _on_cpu(q)))
     _decode_reduce_kernel[(batch, num_heads)](
-        part_out, part_lse, out, out.stride(0), out.stride(1), num_heads, HEAD_DIM=dim, BLOCK_D=block_d,
-        NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits))
+        part_out, part_lse, out, out.stride(0), out.stride(1), num_heads, **decode_reduce_params(dim, num_splits))
     return out
 
 
@@ -281,12 +312,10 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     out = torch.empty_like(q)
     if q.shape[0] == 0:
         return out
-    block_m, block_n = (16, 16) if _on_cpu(q) else (64, 64)
-    grid = (seq_lens.shape[0], triton.cdiv(max_query_len, block_m), num_heads)
+    params = prefill_params(num_heads // num_kv_heads, dim, block_size, q.dtype, _on_cpu(q))
+    grid = (seq_lens.shape[0], triton.cdiv(max_query_len, params["BLOCK_M"]), num_heads)
     _prefill_kernel[grid](
         q, k_cache, v_cache, out, block_tables, seq_lens, query_start, scale,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        GROUP=num_heads // num_kv_heads, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_D=triton.next_power_of_2(dim),
-        BLOCK_N=block_n, BLOCK_SIZE=block_size, **_dot_args(q))
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), **params)
     return out
