@@ -7,6 +7,10 @@ SMs, so any prefill partition and decode partition whose groups add up to at mos
 Full-GPU prefill-only and decode-only streams (ordinary streams, all SMs) complete the menu.
 Without CUDA or green contexts there is one lane: every launch gets the same stream (None on the CPU),
 and `reason` says why. Needs `cuda.bindings` (cuda-python) and a driver with green contexts (CUDA >= 12.4).
+Each partition is built and checked on its own (realised SM count read back against its groups): one that
+fails is listed in `failures` and only the menu pairs that need it are dropped. A decode partition whose
+descriptor refuses the leftover SMs is retried on its whole groups alone. `build_green` takes the driver
+module as an argument, so executor.fake_driver can stand in for it on a machine without a GPU.
 """
 from __future__ import annotations
 
@@ -69,7 +73,7 @@ class PartitionManager:
 
     def __init__(self, device: torch.device, num_sms: int, menu: list[PartitionPair],
                  streams: dict[str, dict[int, object]], reason: str, infos: list[PartitionInfo],
-                 keep: list | None = None) -> None:
+                 keep: list | None = None, failures: list[str] | None = None) -> None:
         self.device = device
         self.num_sms = num_sms
         self.menu = menu
@@ -78,6 +82,7 @@ class PartitionManager:
         self._streams = streams  # lane -> num_sms -> stream; empty when single lane
         self._single: object = None
         self._keep = keep or []  # green contexts and raw streams, alive as long as the manager
+        self.failures = failures or []  # partitions that could not be built: "lane N SMs: why"
 
     @property
     def is_partitioned(self) -> bool:
@@ -107,9 +112,18 @@ class PartitionManager:
         except ImportError as e:
             return cls.single_lane(device, f"cuda.bindings not importable ({e}): one lane")
         try:
-            return _build_green(device, menu, group_sms)
+            from cuda.bindings import driver
+            torch.zeros(1, device=device)  # torch's primary context exists before the driver API is used
+            built = build_green(driver, device.index or 0, menu, group_sms,
+                                lambda raw: torch.cuda.ExternalStream(int(raw), device=device) if raw is not None
+                                else torch.cuda.Stream(device))
         except Exception as e:  # old driver or bindings, MIG, unsupported split: run on one lane, say why
             return cls.single_lane(device, f"green contexts unavailable ({type(e).__name__}: {e}): one lane")
+        if not built.pairs:
+            manager = cls.single_lane(device, "no partition pair could be built: " + "; ".join(built.failures))
+            manager.failures = built.failures
+            return manager
+        return cls(device, built.num_sms, built.pairs, built.streams, "", built.infos, built.keep, built.failures)
 
     def stream_for(self, lane: str, num_sms: int):
         """The stream for a launch on `lane` with `num_sms` SMs (None on the CPU; the one stream if single lane)."""
@@ -142,49 +156,92 @@ def partition_resources(pairs: Sequence[PartitionPair], groups: Sequence, leftov
              else list(groups[len(groups) - count:]) + list(leftover)) for lane, count, planned in sizes]
 
 
-def _check(result: tuple):
-    """cuda.bindings calls return (CUresult, *values): raise on error, unwrap the values."""
-    from cuda.bindings import driver
+class GreenBuild(NamedTuple):
+    num_sms: int
+    pairs: list[PartitionPair]  # the menu pairs whose two partitions were both built
+    streams: dict[str, dict[int, object]]  # lane -> realised SMs -> stream (as `wrap` made it)
+    infos: list[PartitionInfo]
+    failures: list[str]
+    keep: list  # driver handles to keep alive
 
+
+def _check(driver, result: tuple):
+    """cuda.bindings calls return (CUresult, *values): raise on error, unwrap the values."""
     err, values = result[0], result[1:]
     if err != driver.CUresult.CUDA_SUCCESS:
-        raise RuntimeError(f"CUDA driver error {err}")
+        raise RuntimeError(f"CUDA driver error {err!r}")
     return values[0] if len(values) == 1 else values
 
 
-def _green_stream(driver, dev, resources: list, device: torch.device) -> tuple[object, int, list]:
-    """A non-blocking stream in a new green context over `resources`; (torch stream, realised SMs, handles)."""
-    desc = _check(driver.cuDevResourceGenerateDesc(resources, len(resources)))
-    ctx = _check(driver.cuGreenCtxCreate(desc, dev, driver.CUgreenCtxCreate_flags.CU_GREEN_CTX_DEFAULT_STREAM))
-    raw = _check(driver.cuGreenCtxStreamCreate(ctx, driver.CUstream_flags.CU_STREAM_NON_BLOCKING, 0))
-    realised = _check(driver.cuGreenCtxGetDevResource(ctx, driver.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM))
-    return torch.cuda.ExternalStream(int(raw), device=device), int(realised.sm.smCount), [ctx, raw]
+def _green_stream(driver, dev, resources: list) -> tuple[object, int, list]:
+    """A non-blocking raw stream in a new green context over `resources`; (stream, realised SMs, handles)."""
+    desc = _check(driver, driver.cuDevResourceGenerateDesc(resources, len(resources)))
+    ctx = _check(driver, driver.cuGreenCtxCreate(desc, dev, driver.CUgreenCtxCreate_flags.CU_GREEN_CTX_DEFAULT_STREAM))
+    raw = _check(driver, driver.cuGreenCtxStreamCreate(ctx, driver.CUstream_flags.CU_STREAM_NON_BLOCKING, 0))
+    realised = _check(driver, driver.cuGreenCtxGetDevResource(ctx, driver.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM))
+    return raw, int(realised.sm.smCount), [ctx, raw]
 
 
-def _build_green(device: torch.device, menu: Sequence[tuple[int, int]] | None, group_sms: int) -> PartitionManager:
-    from cuda.bindings import driver
+def _one_partition(driver, dev, lane: str, resources: list, has_leftover: bool) -> tuple:
+    """(raw stream, planned SMs, realised SMs, handles, note) for one partition, checked on its own: the
+    realised SM count must equal its resources' total. A decode partition that fails with the leftover SMs
+    is retried without them (a descriptor mixing the split's groups and its remainder may be refused)."""
+    attempts = [resources, resources[:-1]] if has_leftover and len(resources) > 1 else [resources]
+    errors = []
+    for chosen in attempts:
+        planned = sum(int(r.sm.smCount) for r in chosen)
+        try:
+            raw, realised, handles = _green_stream(driver, dev, chosen)
+        except Exception as e:
+            errors.append(f"{planned} SMs: {e}")
+            continue
+        if realised != planned:
+            errors.append(f"{planned} SMs: realised {realised}")
+            continue
+        note = f"leftover SMs refused ({errors[0]})" if errors else ""
+        return raw, planned, realised, handles, note
+    raise RuntimeError("; ".join(errors))
 
-    torch.zeros(1, device=device)  # torch's primary context exists before the driver API is used
-    _check(driver.cuInit(0))
-    dev = _check(driver.cuDeviceGet(device.index or 0))
-    whole = _check(driver.cuDeviceGetDevResource(dev, driver.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM))
+
+def build_green(driver, ordinal: int, menu: Sequence[tuple[int, int]] | None, group_sms: int,
+                wrap) -> GreenBuild:
+    """Split device `ordinal` into groups and build every partition of the menu with `driver` (cuda.bindings'
+    driver module, or a fake); `wrap(raw)` makes a stream object of a raw green stream, `wrap(None)` an
+    ordinary full-GPU stream. Raises only if the device cannot be split at all."""
+    _check(driver, driver.cuInit(0))
+    dev = _check(driver, driver.cuDeviceGet(ordinal))
+    whole = _check(driver, driver.cuDeviceGetDevResource(dev, driver.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM))
     total = int(whole.sm.smCount)
-    groups, num_groups, remainder = _check(driver.cuDevSmResourceSplitByCount(total // group_sms, whole, 0, group_sms))
+    groups, num_groups, remainder = _check(driver, driver.cuDevSmResourceSplitByCount(total // group_sms, whole, 0,
+                                                                                      group_sms))
     groups, num_groups = list(groups)[:int(num_groups)], int(num_groups)
     group_sms = int(groups[0].sm.smCount)  # the driver may round the group size up
-    leftover = [remainder] if int(remainder.sm.smCount) > 0 else []
+    leftover = [remainder] if remainder is not None and int(remainder.sm.smCount) > 0 else []
     rem_sms = int(remainder.sm.smCount) if leftover else 0
     pairs = (menu_from_sms(menu, num_groups, group_sms, rem_sms) if menu
              else default_menu(num_groups, group_sms, rem_sms))
     streams: dict[str, dict[int, object]] = {PREFILL: {}, DECODE: {}}
-    infos, keep = [], []
+    infos, keep, failures = [], [], []
+    built: dict[tuple[str, int], int] = {}  # (lane, planned SMs) -> realised SMs
     for lane, planned, chosen in partition_resources(pairs, groups, leftover):
         t0 = time.perf_counter()
-        stream, realised, handles = _green_stream(driver, dev, chosen, device)
-        streams[lane][planned] = stream
+        try:
+            raw, _, realised, handles, note = _one_partition(driver, dev, lane, chosen, lane == DECODE and bool(leftover))
+        except Exception as e:  # this partition only: the pairs that need it leave the menu
+            failures.append(f"{lane} {planned} SMs: {e}")
+            continue
+        if note:
+            failures.append(f"{lane} {planned} SMs: {note}; built on {realised}")
+        streams[lane][realised] = wrap(raw)
+        built[(lane, planned)] = realised
         infos.append(PartitionInfo(lane, planned, realised, time.perf_counter() - t0))
         keep.extend(handles)
+    kept = []
+    for p in pairs:
+        d = built.get((DECODE, p.decode_sms))
+        if (PREFILL, p.prefill_sms) in built and d is not None:
+            kept.append(p if d == p.decode_sms else PartitionPair(p.prefill_groups, p.decode_groups, group_sms, 0))
     for lane in LANES:  # full-GPU prefill-only and decode-only: ordinary streams see every SM
-        streams[lane][total] = torch.cuda.Stream(device)
+        streams[lane][total] = wrap(None)
         infos.append(PartitionInfo(lane, total, total, 0.0))
-    return PartitionManager(device, total, pairs, streams, "", infos, keep)
+    return GreenBuild(total, kept, streams, infos, failures, keep)
