@@ -2,7 +2,9 @@
 
 A graph replays on the SMs of the green context it was captured in, whatever stream replays it, so each
 decode partition gets its own set, captured on that partition's stream. All graphs read one set of static
-input buffers (one decode launch runs at a time) and share one memory pool. A batch of b sequences replays
+input buffers (one decode launch runs at a time), share one memory pool and write their fp32 logits into
+one static buffer: per-graph outputs would keep [bucket, vocab] fp32 alive for every (partition, bucket),
+about 8.4 GiB at Llama-3's vocabulary (executor.memory_plan budgets the one buffer). A batch of b sequences replays
 the smallest bucket >= b; padded rows decode a dummy token into the pool's scratch block.
 CUDA only; needs the Triton kernels (the torch reference attention syncs with the host).
 """
@@ -43,6 +45,7 @@ class DecodeGraphs:
                                        device=device)
         self.seq_lens = torch.ones(self.max_batch, dtype=torch.int32, device=device)
         self.query_start = torch.arange(self.max_batch + 1, dtype=torch.int32, device=device)
+        self.logits = torch.empty((self.max_batch, model.config.vocab_size), dtype=torch.float32, device=device)
         self.pool = None  # one memory pool for every graph, made at the first capture (CUDA only)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
@@ -59,13 +62,14 @@ class DecodeGraphs:
         with torch.cuda.stream(stream):
             for batch in reversed(self.buckets):  # largest first: later captures reuse its pool memory
                 meta = self._metadata(batch, num_sms)
+                out = self.logits[:batch]
                 for _ in range(2):  # warm up: compile Triton kernels, settle cuBLAS workspaces
-                    self.model.forward(self.token_ids[:batch], meta, self.kv_pool)
+                    self.model.forward(self.token_ids[:batch], meta, self.kv_pool, out)
                 stream.synchronize()
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-                    logits = self.model.forward(self.token_ids[:batch], meta, self.kv_pool)
-                self._graphs[(num_sms, batch)] = (graph, logits)
+                    self.model.forward(self.token_ids[:batch], meta, self.kv_pool, out)
+                self._graphs[(num_sms, batch)] = (graph, out)
         stream.synchronize()
 
     def can_run(self, num_sms: int, batch: int) -> bool:
@@ -104,7 +108,8 @@ class DecodeGraphs:
         return self.replay(num_sms, self.fill(token_ids, slices))[:len(slices)]
 
     def replay(self, num_sms: int, bucket: int) -> torch.Tensor:
-        """Replay one captured graph on the current stream with the inputs as they are; [bucket, vocab] logits."""
+        """Replay one captured graph on the current stream with the inputs as they are; [bucket, vocab] logits
+        (a view of the one shared buffer: read it before the next replay of any graph)."""
         graph, logits = self._graphs[(num_sms, bucket)]
         graph.replay()
         return logits

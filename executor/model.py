@@ -176,15 +176,16 @@ class DecoderModel:
             hidden = self._layer(i, hidden, attn_metadata, kv_pool)
         return hidden
 
-    def logits(self, hidden_last: torch.Tensor) -> torch.Tensor:
-        """hidden_last: [N, hidden] (after the last layer) -> [N, vocab] fp32."""
-        return F.linear(self.ops.rms_norm(hidden_last, self.final_norm, self.config.rms_norm_eps),
-                        self.lm_head).float()
+    def logits(self, hidden_last: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden_last: [N, hidden] (after the last layer) -> [N, vocab] fp32, written into `out` if given."""
+        logits = F.linear(self.ops.rms_norm(hidden_last, self.final_norm, self.config.rms_norm_eps), self.lm_head)
+        return logits.float() if out is None else out.copy_(logits)
 
-    def forward(self, token_ids: torch.Tensor, attn_metadata: AttnMetadata, kv_pool: KVPool) -> torch.Tensor:
-        """All layers; returns [S, vocab] logits of each sequence's last new token."""
+    def forward(self, token_ids: torch.Tensor, attn_metadata: AttnMetadata, kv_pool: KVPool,
+                logits_out: torch.Tensor | None = None) -> torch.Tensor:
+        """All layers; returns [S, vocab] logits of each sequence's last new token (in `logits_out` if given)."""
         hidden = self.run_layers(self.embed(token_ids), 0, self.num_layers, attn_metadata, kv_pool)
-        return self.logits(hidden[attn_metadata.last_rows()])
+        return self.logits(hidden[attn_metadata.last_rows()], logits_out)
 
     def _layer(self, i: int, x: torch.Tensor, meta: AttnMetadata, kv_pool: KVPool) -> torch.Tensor:
         w, ops, eps = self.layers[i], self.ops, self.config.rms_norm_eps
