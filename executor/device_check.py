@@ -56,8 +56,10 @@ class Check:
 
     SECTIONS = ("setup", "device", "partitions", "decode", "prefill", "both_lanes", "graph_containment")
 
-    def __init__(self, args: argparse.Namespace, results: dict, save: Callable[[], None]) -> None:
+    def __init__(self, args: argparse.Namespace, results: dict, save: Callable[[], None],
+                 deadline: float | None = None) -> None:
         self.args, self.results, self.save = args, results, save
+        self.deadline = deadline  # time.perf_counter() after which the remaining sections are skipped
         self.decode_ms: dict[tuple[int, int, int], float] = {}
         self.prefill_ms: dict[tuple[int, int], float] = {}
         self.hbm_gbps, self.peak_tflops = 3000.0, 700.0  # until `device` measures them
@@ -76,6 +78,9 @@ class Check:
         for name in self.SECTIONS:
             if name != "setup" and "error" in self.results.get("setup", {}):
                 self.results[name] = {"skipped": "setup failed"}
+                continue
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                self.results[name] = {"skipped": "out of the device run's time for these sections"}
                 continue
             self.section(name, getattr(self, name))
 
