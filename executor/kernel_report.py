@@ -4,7 +4,8 @@
     rows = kernel_report(["llama3-8b", "qwen2.5-7b"])     # one dict per distinct compiled kernel
     [r for r in rows if r["spill_bytes"]]                  # must be empty
 
-Launch parameters come from executor.triton_kernels' `*_params` functions, the same ones the launches use.
+Launch parameters come from executor.triton_kernels' `*_params` functions, the same ones the launches use;
+pointers and strides are specialized as divisible by 16, as the JIT specializes them at these shapes.
 `cuobjdump -res-usage` (shipped in triton's package, backends/nvidia/bin) reads the cubin: STACK and LOCAL
 bytes are spills. Triton's own cache keeps the compiled kernels, so a second run takes seconds.
 """
@@ -35,6 +36,7 @@ class KernelSpec(NamedTuple):
     fn: object  # the @triton.jit function
     pointers: dict[str, str]  # pointer argument -> Triton type ("*bf16"); other runtime args are i32/fp32
     params: dict  # constexprs plus num_warps (and num_stages when set)
+    aligned: bool = True  # pointers and strides divisible by 16 (what runs); False: the worst case
 
 
 def model_specs(model: str, block_size: int = 16) -> Iterator[KernelSpec]:
@@ -54,12 +56,26 @@ def model_specs(model: str, block_size: int = 16) -> Iterator[KernelSpec]:
         yield KernelSpec("decode_reduce", tk._decode_reduce_kernel,
                          {"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "out_ptr": BF16},
                          tk.decode_reduce_params(d, splits))
-    yield KernelSpec("prefill", tk._prefill_kernel, {**attn, "out_ptr": BF16, "query_start_ptr": "*i32"},
-                     tk.prefill_params(hq // hk, d, block_size, torch.bfloat16, False))
+    prefill = KernelSpec("prefill", tk._prefill_kernel, {**attn, "out_ptr": BF16, "query_start_ptr": "*i32"},
+                         tk.prefill_params(hq // hk, d, block_size, torch.bfloat16, False))
+    yield prefill
+    # the attention kernels hold the most registers: also compiled without the alignment specialization,
+    # which a misaligned view or stride would get (no vector loads, no async copies into shared memory)
+    yield prefill._replace(aligned=False)
+    yield KernelSpec("decode_split", tk._decode_split_kernel,
+                     {**attn, "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32"},
+                     tk.decode_split_params(hq // hk, d, block_size, SPLITS[-1], torch.bfloat16, False), False)
 
 
-def _signature(spec: KernelSpec) -> tuple[dict, dict, dict]:
-    """(signature, constexprs by argument index, compile options) for triton.compile."""
+def _aligned(name: str) -> bool:
+    """Arguments the launch specializes as divisible by 16 at these models' shapes, as Triton's JIT does at
+    run time: every pointer (torch allocations and the q/k/v views are 16-byte aligned) and every stride
+    (multiples of head_dim), but not the block-table stride (the table's width varies)."""
+    return name.endswith("_ptr") or ("stride" in name and name != "table_stride")
+
+
+def _signature(spec: KernelSpec) -> tuple[dict, dict, dict, dict]:
+    """(signature, constexprs by argument index, divisibility attributes, compile options) for triton.compile."""
     options = {k: v for k, v in spec.params.items() if k in ("num_warps", "num_stages")}
     const = {k: v for k, v in spec.params.items() if k not in options}
     names = spec.fn.arg_names
@@ -68,7 +84,9 @@ def _signature(spec: KernelSpec) -> tuple[dict, dict, dict]:
         raise ValueError(f"{spec.name}: parameters {sorted(missing)} are not arguments of the kernel")
     sig = {n: spec.pointers.get(n) or ("constexpr" if n in const else "fp32" if n in ("scale", "eps") else "i32")
            for n in names}
-    return sig, {(names.index(k),): v for k, v in const.items()}, options
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if spec.aligned and n not in const and _aligned(n)}
+    return sig, {(names.index(k),): v for k, v in const.items()}, attrs, options
 
 
 def compile_spec(spec: KernelSpec, target: tuple[int, int] = SM90):
@@ -76,8 +94,8 @@ def compile_spec(spec: KernelSpec, target: tuple[int, int] = SM90):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    sig, constexprs, options = _signature(spec)
-    source = ASTSource(fn=spec.fn, signature=sig, constexprs=constexprs)
+    sig, constexprs, attrs, options = _signature(spec)
+    source = ASTSource(fn=spec.fn, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", *target), options=options)
 
 
@@ -104,17 +122,17 @@ def resource_usage(cubin: bytes) -> dict:
 
 
 def _describe(spec: KernelSpec) -> str:
-    keys = ("GROUP", "BLOCK_M", "BLOCK_N", "BLOCK_H", "BLOCK", "NUM_SPLITS", "BLOCK_HQ", "num_warps")
+    keys = ("GROUP", "BLOCK_M", "BLOCK_N", "BLOCK_H", "BLOCK", "NUM_SPLITS", "BLOCK_HQ", "BLOCK_HK", "num_warps")
     return " ".join(f"{k}={spec.params[k]}" for k in keys if k in spec.params)
 
 
 def _key(spec: KernelSpec) -> tuple:
-    return (spec.name, tuple(sorted((k, str(v)) for k, v in spec.params.items())))
+    return (spec.name, spec.aligned, tuple(sorted((k, str(v)) for k, v in spec.params.items())))
 
 
 def report_row(spec: KernelSpec, models: list[str], target: tuple[int, int] = SM90) -> dict:
     """One kernel's compiled resources; a compile failure is a row with `error` (and not ok)."""
-    row = {"kernel": spec.name, "models": models, "launch": _describe(spec),
+    row = {"kernel": spec.name, "models": models, "launch": _describe(spec), "aligned": spec.aligned,
            "num_warps": spec.params.get("num_warps", 4)}
     try:
         compiled = compile_spec(spec, target)

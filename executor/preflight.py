@@ -99,10 +99,11 @@ def summary(results: dict) -> str:
     """Markdown: one row per kernel, one per memory plan, one per partition case."""
     lines = ["# executor pre-flight (CPU)", "", f"- verdict: {'OK' if results.get('ok') else 'FAIL'}",
              f"- versions: {results.get('versions')}", "", "## Kernels (sm_90)", "",
-             "| kernel | models | launch | regs | spill B | shared B |", "|---|---|---|---|---|---|"]
+             "| kernel | models | launch | aligned | regs | spill B | shared B |", "|---|---|---|---|---|---|---|"]
     k = results.get("kernels", {})
     for r in k.get("rows", []):
-        lines.append(f"| {r['kernel']} | {','.join(r['models'])} | {r['launch']} | {r.get('registers', '-')} | "
+        lines.append(f"| {r['kernel']} | {','.join(r['models'])} | {r['launch']} | {r['aligned']} | "
+                     f"{r.get('registers', '-')} | "
                      f"{r.get('spill_bytes', r.get('error', '-'))} | {r.get('shared_bytes', '-')} |")
     if "error" in k:
         lines.append(f"`{k['error']}`")

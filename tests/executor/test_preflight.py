@@ -32,6 +32,7 @@ def test_every_kernel_compiles_for_sm90_without_spills(preflight_json: dict) -> 
     names = {r["kernel"] for r in rows}
     assert names == {"rms_norm", "rope", "silu_mul", "decode_split", "decode_reduce", "prefill"}
     assert {m for r in rows for m in r["models"]} == {"llama3-8b", "qwen2.5-7b"}
+    assert {r["kernel"] for r in rows if not r["aligned"]} == {"decode_split", "prefill"}
     for r in rows:
         assert "error" not in r, r
         assert r["spill_bytes"] == 0 and r["stack_bytes"] == 0 and r["local_bytes"] == 0, r
@@ -58,8 +59,9 @@ def test_partition_cases_isolate_failures(preflight_json: dict) -> None:
 
 
 def test_a_spilling_launch_is_reported() -> None:
-    """The old decode tiles (4 warps x BLOCK_N 64) spill on sm_90: the report must say so. In a subprocess:
-    these tests run Triton in interpreter mode, whose kernels cannot be compiled for a GPU."""
+    """The old decode tiles (4 warps x BLOCK_N 64) spill on sm_90 where the launch is not specialized for
+    alignment: the report must say so. In a subprocess: these tests run Triton in interpreter mode, whose
+    kernels cannot be compiled for a GPU."""
     code = ("import json; from executor import kernel_report, triton_kernels as tk\n"
             "tk.DECODE_WARPS, tk.DECODE_BLOCK_N = 4, 64\n"
             "print(json.dumps(kernel_report.kernel_report(['llama3-8b'], kernels={'decode_split'})))")
@@ -67,7 +69,8 @@ def test_a_spilling_launch_is_reported() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=600)
     rows = json.loads(done.stdout)
-    assert rows and all(r["spill_bytes"] > 0 and not r["ok"] for r in rows), rows
+    worst = [r for r in rows if not r["aligned"]]
+    assert worst and all(r["spill_bytes"] > 0 and not r["ok"] for r in worst), rows
 
 
 def test_memory_plan_counts_every_buffer() -> None:
