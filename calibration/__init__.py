@@ -7,5 +7,7 @@ check the simulator against the executor (DESIGN.md section 8).
                  GpuSpec / ModelSpec a profile describes
     validate.py  serve a trace on the executor, replay it in the simulator on the profile, compare per request
     cli.py       `yoda calibrate` and `yoda validate`
+    estimators.py  the yoda policy's estimator for a served trace: profile, quick CPU measurement or roofline
+    short_run.py the device run's short calibration and validation, one process each, without typer
     profiles/    bundled profiles (see profiles/README.md)
 """

@@ -10,7 +10,13 @@
     decode_graph.py     decode CUDA graphs per (decode partition, batch-size bucket)
     engine.py           runs Launches on the partitions, polls CUDA events, samples tokens
     prompts.py          synthetic prompt tokens for traces that give only lengths and hash blocks
-    gpu_check.py        one-call GPU check: partitions, timings per partition, both lanes, rooflines, serving
+    memory_plan.py      one memory budget: weights, KV pool, decode graphs, logits, prefill activations, workspace
+    gpu_check.py        `python -m executor.gpu_check`: --preflight (CPU), --device-run, or the GPU sections
+    preflight.py        CPU pre-flight: kernels for sm_90, memory plans of H200/H100, partitions on a faked driver
+    kernel_report.py    AOT-compile every launched Triton kernel for sm_90; registers, spills, shared memory
+    fake_driver.py      cuda.bindings driver stand-in (real argument types checked) for the partition builder
+    device_check.py     the GPU sections: device peaks, partitions, decode/prefill per partition, both lanes
+    device_run.py       the one device command: GPU sections, then short calibration and validation, <= 8 min
     runner.py           real-time trace replay driver (`yoda run --backend executor`); clocks.py: wall/CPU clocks
     cli.py              `yoda run`
     server.py           OpenAI-compatible HTTP API (FastAPI) over the async engine loop; `yoda serve`

@@ -54,7 +54,8 @@ class Check:
     """The device under test and the results: `setup` and every later section run through `section`, which
     catches its error (the others still run), frees what it left on the GPU and rewrites the JSON."""
 
-    SECTIONS = ("setup", "device", "partitions", "decode", "prefill", "both_lanes", "graph_containment")
+    # device first: its 2 GiB copy buffers are freed before setup sizes the KV pool from free memory
+    SECTIONS = ("device", "setup", "partitions", "decode", "prefill", "both_lanes", "graph_containment")
 
     def __init__(self, args: argparse.Namespace, results: dict, save: Callable[[], None],
                  deadline: float | None = None) -> None:
@@ -76,7 +77,7 @@ class Check:
 
     def run(self) -> None:
         for name in self.SECTIONS:
-            if name != "setup" and "error" in self.results.get("setup", {}):
+            if name not in ("device", "setup") and "error" in self.results.get("setup", {}):
                 self.results[name] = {"skipped": "setup failed"}
                 continue
             if self.deadline is not None and time.perf_counter() > self.deadline:
