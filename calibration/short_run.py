@@ -26,7 +26,7 @@ def calibrate_step(args: argparse.Namespace) -> dict:
     from calibration.measure import calibrate
     from executor.runner import open_backend
 
-    backend = open_backend(args.model, "cuda", None, args.num_layers)
+    backend = open_backend(args.model, args.device, None, args.num_layers)
     summary = calibrate(args.out, backend, "quick", progress=False)
     return {k: summary[k] for k in ("measured", "num_points", "notes", "fit_reports", "wall_s")}
 
@@ -48,7 +48,8 @@ def validate_step(args: argparse.Namespace) -> dict:
     from calibration.validate import ValidateConfig, validate, write_validation
 
     requests, desc = _requests(args)
-    cfg = ValidateConfig(profile=str(args.profile), policy="yoda", goodput=False, repeats=1)
+    cfg = ValidateConfig(profile=str(args.profile), policy="yoda", model=args.model, device=args.device,
+                         goodput=False, repeats=1)
     result = validate(requests, cfg, desc)
     write_validation(args.out, result)
     keys = ("median_ttft_abs_err", "p90_ttft_abs_err", "median_tbt_abs_err", "p90_tbt_abs_err", "num_requests",
@@ -63,8 +64,8 @@ def serve_step(args: argparse.Namespace) -> dict:
 
     requests, _ = _requests(args)
     layers = json.loads((Path(args.profile) / "metadata.json").read_text()).get("num_layers")
-    cfg = RunConfig(model=args.model, device="cuda", policy="yoda", profile=str(args.profile), num_layers=layers)
-    backend = open_backend(cfg.model, "cuda", None, layers)
+    cfg = RunConfig(model=args.model, device=args.device, policy="yoda", profile=str(args.profile), num_layers=layers)
+    backend = open_backend(cfg.model, args.device, None, layers)
     metrics = serve(requests, cfg, backend, load_estimator(args.profile), "profile").metrics
     return {"served": {k: metrics.get(k) for k in KEYS}, "num_requests": len(requests)}
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--profile", help="validate: the profile calibrate wrote")
     p.add_argument("--model", default="llama3-8b")
+    p.add_argument("--device", default="cuda", help="cuda (the device run) or cpu (tests)")
     p.add_argument("--num-layers", type=int, default=8)
     p.add_argument("--requests", type=int, default=24)
     p.add_argument("--rate", type=float, default=2.0)

@@ -1,4 +1,6 @@
 """gpu_check: roofline arithmetic on the CPU, and a clean exit without CUDA."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -37,3 +39,31 @@ def test_markdown_summary_of_partial_results():
     md = _markdown(results)
     assert "| decode | 20 | 20 | 2.00 |" in md and "| 20 | 1 | 1024 | 1.5 | 1.3 |" in md
     assert "boom" in md and "## both_lanes" in md
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_device_run_exits_cleanly_without_cuda(tmp_path, capsys):
+    assert main(["--device-run", "--out", str(tmp_path)]) == 0
+    assert "CUDA is not available" in capsys.readouterr().out
+
+
+def test_out_is_required_outside_preflight(capsys):
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_device_run_steps_carry_wheels_and_report_timeouts(tmp_path):
+    import os
+
+    from executor.device_run import _python_path, _subprocess_step
+
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    (wheels / "simpy-4.1.1-py3-none-any.whl").write_bytes(b"")
+    path = _python_path(tmp_path, wheels).split(os.pathsep)
+    assert path[:2] == [str(tmp_path), str(wheels / "simpy-4.1.1-py3-none-any.whl")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    step = _subprocess_step("calibrate", ["calibrate", "--out", str(tmp_path / "p"), "--device", "cpu",
+                                          "--model", "tiny"], 0.5, tmp_path, env)
+    assert step == {"error": "timed out after 0 s"} and (tmp_path / "calibrate.log").exists()
