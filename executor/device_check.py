@@ -50,6 +50,15 @@ def _time_ms(fn: Callable[[], object], stream, reps: int, warmup: int = 1) -> fl
     return begin.elapsed_time(end) / reps
 
 
+def _driver_version() -> str | None:
+    try:
+        from cuda.bindings import driver
+        err, version = driver.cuDriverGetVersion()
+        return f"{version // 1000}.{version % 1000 // 10}"
+    except Exception:  # bindings missing or old: the version is informational
+        return None
+
+
 class Check:
     """The device under test and the results: `setup` and every later section run through `section`, which
     catches its error (the others still run), frees what it left on the GPU and rewrites the JSON."""
@@ -128,7 +137,8 @@ class Check:
         self.peak_tflops = 2 * 8192 ** 3 / mm_ms / 1e9
         return {"name": props.name, "num_sms": props.multi_processor_count, "torch": torch.__version__,
                 "cuda": torch.version.cuda, "hbm_copy_gbps": self.hbm_gbps, "bf16_matmul_tflops": self.peak_tflops,
-                "memory_gib": props.total_memory / 2**30, "capability": f"{props.major}.{props.minor}"}
+                "memory_gib": props.total_memory / 2**30, "capability": f"{props.major}.{props.minor}",
+                "driver": _driver_version()}
 
     def partitions(self) -> dict:
         infos = [i._asdict() for i in self.parts.infos]
