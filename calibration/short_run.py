@@ -41,7 +41,7 @@ def _requests(args: argparse.Namespace):
 
 def validate_step(args: argparse.Namespace) -> dict:
     try:
-        import simpy  # noqa: F401
+        import simpy  # noqa: F401  (validate simulates with it)
     except ImportError as e:
         return {"validate": f"skipped: simpy not importable ({e}); served on the executor only",
                 **serve_step(args)}

@@ -18,8 +18,6 @@ import json
 import sys
 from pathlib import Path
 
-from executor.device_check import decode_bytes, prefill_flops  # noqa: F401  (roofline arithmetic, re-exported)
-from executor.memory_plan import layer_params  # noqa: F401
 
 
 def _ints(text: str) -> list[int]:
@@ -53,6 +51,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def markdown(r: dict) -> str:
+    """The GPU sections' results as markdown (partial results too: a section's error is shown as is)."""
     lines = ["# executor GPU check", ""]
     dev = r.get("device", {})
     setup = r.get("setup", {})

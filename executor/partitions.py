@@ -108,11 +108,10 @@ class PartitionManager:
         if not torch.cuda.is_available():
             return cls.single_lane(torch.device("cpu"), "CUDA unavailable: one lane, no partitions")
         try:
-            from cuda.bindings import driver  # noqa: F401  (cuda-python)
+            from cuda.bindings import driver  # cuda-python
         except ImportError as e:
             return cls.single_lane(device, f"cuda.bindings not importable ({e}): one lane")
         try:
-            from cuda.bindings import driver
             torch.zeros(1, device=device)  # torch's primary context exists before the driver API is used
             built = build_green(driver, device.index or 0, menu, group_sms,
                                 lambda raw: torch.cuda.ExternalStream(int(raw), device=device) if raw is not None

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from executor.config import load_config
-from executor.gpu_check import decode_bytes, layer_params, main, prefill_flops
+from executor.device_check import decode_bytes, prefill_flops
+from executor.gpu_check import main
+from executor.memory_plan import layer_params
 
 
 def test_llama3_8b_roofline_numbers():
