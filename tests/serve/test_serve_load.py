@@ -124,7 +124,7 @@ def test_overload_gets_429_and_loses_nothing_accepted(servers):
 def test_preemption_and_aborts_under_kv_pressure_keep_greedy_outputs(policy):
     """A KV pool of 14 blocks for 40 requests forces recompute preemptions, and every third request is
     aborted after its first tokens; the others' outputs equal a roomy run and all KV comes back."""
-    from executor.server import ServeOptions, build_server
+    from serve.server import ServeOptions, build_server
 
     rng = random.Random(5)
     prompts = [[rng.randrange(512) for _ in range(rng.randrange(5, 60))] for _ in range(40)]

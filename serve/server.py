@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from executor.async_engine import AsyncEngine, EngineDeadError, QueueFullError, Submission
+from serve.async_engine import AsyncEngine, EngineDeadError, QueueFullError, Submission
 from executor.tokenizer import IncrementalDetokenizer, Tokenizer
 from yoda.policies import POLICIES, make_scheduler
 from yoda.request import SLO
@@ -420,7 +420,7 @@ def build_server(opts: ServeOptions) -> tuple[Server, FastAPI]:
     """Model, KV pool, partitions, scheduler, engine and the app (the engine loop starts with the app)."""
     import torch
 
-    from executor.async_engine import ServingEngine
+    from serve.async_engine import ServingEngine
     from executor.kv_pool import KVPool
     from executor.model import build_model
     from executor.partitions import PartitionManager

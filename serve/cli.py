@@ -62,7 +62,7 @@ def serve_cmd(
     with _errors():
         import uvicorn
 
-        from executor.server import ServeOptions, build_server
+        from serve.server import ServeOptions, build_server
 
         slo = SLO(ttft_ms=slo_ttft_ms, tbt_ms=slo_tbt_ms, ttft_ms_per_token=slo_ttft_ms_per_token)
         opts = ServeOptions(model=model, weights=weights, tokenizer=tokenizer, device=device, policy=policy,
@@ -100,7 +100,7 @@ def bench_cmd(
     from yoda.request import SLO
 
     with _errors():
-        from executor.bench_client import BenchConfig, run_bench
+        from serve.bench_client import BenchConfig, run_bench
 
         slo = SLO(ttft_ms=slo_ttft_ms, tbt_ms=slo_tbt_ms, ttft_ms_per_token=slo_ttft_ms_per_token)
         cfg = BenchConfig(endpoint=endpoint, trace=trace, format=fmt, rate=rate, max_requests=max_requests,
@@ -122,7 +122,7 @@ def router_cmd(
     with _errors():
         import uvicorn
 
-        from executor.router import Router, create_router_app
+        from serve.router import Router, create_router_app
 
         urls = [u.strip().rstrip("/") for u in instances.split(",") if u.strip()]
         router = Router(urls, dispatcher, health_interval_s)

@@ -40,7 +40,7 @@ FAILURES_TO_DOWN = 2
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    """OpenAI-style error body (as executor.server writes it; kept here so the router needs no torch)."""
+    """OpenAI-style error body (as serve.server writes it; kept here so the router needs no torch)."""
     kind = "invalid_request_error" if status < 500 else "server_error"
     return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
                         status_code=status, headers=headers)
