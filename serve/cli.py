@@ -62,7 +62,7 @@ def serve_cmd(
     with _errors():
         import uvicorn
 
-        from serve.server import ServeOptions, build_server
+        from serve.build import ServeOptions, build_server
 
         slo = SLO(ttft_ms=slo_ttft_ms, tbt_ms=slo_tbt_ms, ttft_ms_per_token=slo_ttft_ms_per_token)
         opts = ServeOptions(model=model, weights=weights, tokenizer=tokenizer, device=device, policy=policy,

@@ -18,7 +18,7 @@ import pytest
 import torch
 import uvicorn
 
-from serve.server import ServeOptions, build_server
+from serve.build import ServeOptions, build_server
 
 torch.set_num_threads(1)  # tiny tensors: threads only fight the other xdist worker (and forked servers)
 

@@ -99,9 +99,9 @@ def test_hundreds_of_concurrent_requests_answered_exactly_once(servers):
     assert [r["status"] for r in results] == [200] * NUM_REQUESTS
     _check_answers(results)
     m = _metrics(url)
-    assert m['yoda_requests_total{outcome="accepted"}'] == m['yoda_requests_total{outcome="finished"}'] == NUM_REQUESTS
-    assert m["yoda_generation_tokens_total"] == sum(r["max_tokens"] for r in results)
-    assert m["yoda_prefix_hit_rate"] > 0.3 and m["yoda_running_requests"] == m["yoda_queue_depth"] == 0
+    assert m["yoda:request_accepted_total"] == m['yoda:request_success_total{finished_reason="length"}'] == NUM_REQUESTS
+    assert m["yoda:generation_tokens_total"] == sum(r["max_tokens"] for r in results)
+    assert m["yoda:prefix_cache_hit_rate"] > 0.3 and m["yoda:num_requests_running"] == m["yoda:num_requests_waiting"] == 0
     ttft_ms = np.median([r["ttft_s"] for r in results]) * 1000
     print(f"\nload: {NUM_REQUESTS} requests in {wall_s:.2f} s = {NUM_REQUESTS / wall_s:.1f} req/s, "
           f"p50 TTFT {ttft_ms:.0f} ms (client side, 64 at a time, CPU)")
@@ -115,16 +115,16 @@ def test_overload_gets_429_and_loses_nothing_accepted(servers):
     assert all(r["retry_after"] and int(r["retry_after"]) >= 1 for r in results if r["status"] == 429)
     _check_answers(results)
     m = _metrics(url)
-    assert m['yoda_requests_total{outcome="accepted"}'] == statuses.count(200)
-    assert m['yoda_requests_total{outcome="finished"}'] == statuses.count(200)
-    assert m['yoda_requests_total{outcome="rejected_full"}'] == statuses.count(429)
+    assert m["yoda:request_accepted_total"] == statuses.count(200)
+    assert m['yoda:request_success_total{finished_reason="length"}'] == statuses.count(200)
+    assert m['yoda:request_rejected_total{reason="queue_full"}'] == statuses.count(429)
 
 
 @pytest.mark.parametrize("policy", ["yoda", "chunked"])
 def test_preemption_and_aborts_under_kv_pressure_keep_greedy_outputs(policy):
     """A KV pool of 14 blocks for 40 requests forces recompute preemptions, and every third request is
     aborted after its first tokens; the others' outputs equal a roomy run and all KV comes back."""
-    from serve.server import ServeOptions, build_server
+    from serve.build import ServeOptions, build_server
 
     rng = random.Random(5)
     prompts = [[rng.randrange(512) for _ in range(rng.randrange(5, 60))] for _ in range(40)]
