@@ -157,6 +157,7 @@ class AsyncEngine:
             raise EngineDeadError(self.dead)
         if self.num_queued >= self.max_queue:
             self.counts["rejected_full"] += 1
+            self.metrics.on_finish("rejected_full")
             raise QueueFullError(self.num_queued, self.retry_after_s())
         if not prompt_ids or max_tokens < 1 or len(prompt_ids) + max_tokens > self.max_model_len:
             raise ValueError("prompt and max_tokens must fit the model context")  # handlers check first

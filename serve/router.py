@@ -30,6 +30,8 @@ from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from executor.tokenizer import fallback_chat_text, token_block_hashes
+from serve.errors import ApiError, error_response, install_error_handlers
+from serve.protocol import DEFAULT_MAX_BODY_BYTES, ChatRequest, CompletionRequest, parse, read_json
 from yoda.dispatcher import make_dispatcher
 from yoda.kv_cache import chain_keys
 from yoda.request import Request
@@ -37,13 +39,6 @@ from yoda.request import Request
 BLOCK_SIZE = 16
 MAX_SERVED_BLOCKS = 1 << 18  # per instance record of prompt blocks sent there (LRU)
 FAILURES_TO_DOWN = 2
-
-
-def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    """OpenAI-style error body (as serve.server writes it; kept here so the router needs no torch)."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
-                        status_code=status, headers=headers)
 
 
 class Instance:
@@ -215,7 +210,9 @@ class Router:
         """(path, body) of the next attempt: the request itself, or after streamed tokens its continuation
         (a completion of prompt + tokens so far); or a final event to send instead."""
         if not st.started:
-            return path, {**body, "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True}
+            options = body.get("stream_options") or {}
+            return path, {**body, "stream": True, "return_token_ids": True, "stream_options": {
+                "include_usage": True, "continuous_usage_stats": bool(options.get("continuous_usage_stats"))}}
         if st.prompt_ids is None:
             return {"error": {"message": "instance failed mid-stream and gave no token ids to resume", "code": 502}}
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 16
@@ -380,22 +377,46 @@ def _aggregate(events: list[dict], chat: bool, want_ids: bool) -> dict:
             "usage": usage}
 
 
-def create_router_app(router: Router) -> FastAPI:
+async def _until_disconnected(http: HttpRequest, interval_s: float = 0.25) -> None:
+    while not await http.is_disconnected():
+        await asyncio.sleep(interval_s)
+
+
+async def _collect(events: AsyncIterator[dict], first: dict, http: HttpRequest) -> list[dict] | None:
+    """Every event of a non-streaming request; None when the client left first (the upstream request is
+    then cancelled: closing the generator closes the instance's stream, and the instance aborts it)."""
+    async def gather() -> list[dict]:
+        return [first] + [event async for event in events]
+
+    work = asyncio.ensure_future(gather())
+    watch = asyncio.ensure_future(_until_disconnected(http))
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            await events.aclose()
+    return work.result() if not work.cancelled() else None
+
+
+def create_router_app(router: Router, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                      body_timeout_s: float = 30.0) -> FastAPI:
     async def lifespan(app: FastAPI):
         await router.start()
         yield
         await router.stop()
 
     app = FastAPI(title="yoda router", lifespan=asynccontextmanager(lifespan))
+    install_error_handlers(app)
 
     async def proxy(http: HttpRequest, path: str):
-        try:
-            body = json.loads(await http.body())
-        except ValueError as e:
-            return error_response(400, f"request body is not valid JSON: {e}")
-        if not isinstance(body, dict):
-            return error_response(400, "request body must be a JSON object")
+        body = await read_json(http, max_body_bytes, body_timeout_s)
         chat = path.endswith("chat/completions")
+        request = parse(ChatRequest if chat else CompletionRequest, body)  # the instance checks the rest
+        if request.n != 1:
+            raise ApiError(400, "n > 1 is not supported through the router; send it to an instance", "n")
         want_ids = bool(body.get("return_token_ids"))
         options = body.get("stream_options")
         want_usage = isinstance(options, dict) and bool(options.get("include_usage"))
@@ -410,9 +431,9 @@ def create_router_app(router: Router) -> FastAPI:
             return error_response(502, "instance closed the stream without output")
         if body.get("stream"):
             return StreamingResponse(_sse(first, events, want_ids, want_usage), media_type="text/event-stream")
-        collected = [first]
-        async for event in events:
-            collected.append(event)
+        collected = await _collect(events, first, http)
+        if collected is None:
+            return error_response(499, "client disconnected")
         errors = [e for e in collected if "error" in e]
         if errors:
             return error_response(502, str(errors[0]["error"].get("message")))
