@@ -88,7 +88,10 @@ def completion_logprobs(tok: Tokenizer, entries: list, text_offset: int = 0) -> 
         text_offset += len(piece)
         tokens.append(piece)
         token_lps.append(chosen)
-        tops.append({tok.decode([i]): lp for i, lp in top})
+        alternatives: dict[str, float] = {}
+        for i, lp in top:  # most likely first; ids that decode to the same text keep the first
+            alternatives.setdefault(tok.decode([i]), lp)
+        tops.append(alternatives)
     return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
 
 
