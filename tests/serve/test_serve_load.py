@@ -33,6 +33,7 @@ async def _stream_one(client: httpx.AsyncClient, prompt: list[int], max_tokens: 
     out = {"prompt": prompt, "max_tokens": max_tokens, "tokens": [], "ids": set(), "ttft_s": None}
     async with client.stream("POST", "/v1/completions", json=body) as resp:
         out["status"], out["retry_after"] = resp.status_code, resp.headers.get("retry-after")
+        out["answered_s"] = time.perf_counter() - start
         if resp.status_code != 200:
             await resp.aread()
             return out
@@ -153,3 +154,28 @@ def test_preemption_and_aborts_under_kv_pressure_keep_greedy_outputs(policy):
             assert tight_reasons[i] == "length" and a == b
         else:
             assert tight_reasons[i] == "abort" and a == b[:len(a)] and len(a) < 30
+
+
+def test_queue_deadline_refuses_instead_of_serving_late(serve):
+    """Past --max-queue-wait-s every request is answered 429 + Retry-After within its deadline + 1 s; none is
+    served later than that, and none is lost: arrived = served + refused."""
+    wait_s, n = 1.0, 60
+    with serve.ForkedServer(policy="chunked", kv_blocks=16, max_queue=1000, max_queue_wait_s=wait_s).start() as srv:
+        serve.wait_healthy(srv.url)
+        requests = [(p, 24) for p, _ in _prompts(n, seed=2)]
+        results, _ = asyncio.run(_blast(srv.url, requests, max_connections=n))
+        m = _metrics(srv.url)
+    statuses = [r["status"] for r in results]
+    served = [r for r in results if r["status"] == 200]
+    refused = [r for r in results if r["status"] == 429]
+    assert len(served) + len(refused) == n and refused and served  # arrived = served + refused
+    assert all(r["retry_after"] and int(r["retry_after"]) >= 1 for r in refused)
+    print(f"\ndeadline {wait_s} s: {len(served)} served (max TTFT {max(r['ttft_s'] for r in served):.2f} s), "
+          f"{len(refused)} refused (last answer {max(r['answered_s'] for r in refused):.2f} s), client side, CPU")
+    assert max(r["answered_s"] for r in refused) <= wait_s + 1.0
+    assert max(r["ttft_s"] for r in served) <= wait_s + 1.0
+    _check_answers(results)
+    assert m["yoda:request_accepted_total"] == n
+    assert m['yoda:request_rejected_total{reason="expired"}'] == statuses.count(429)
+    assert m['yoda:request_success_total{finished_reason="length"}'] == statuses.count(200)
+    assert m["yoda:num_requests_running"] == m["yoda:num_requests_waiting"] == 0
