@@ -118,3 +118,38 @@ def test_router_cancels_upstream_when_a_non_streaming_client_leaves(endpoints):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert server.aengine.sched.kv.num_used_blocks == 0
+
+
+def test_slow_body_gets_408(serve):
+    import socket
+    with serve.server_in_thread(policy="chunked", body_timeout_s=0.5) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"model\": ")  # then nothing: a slowloris
+            start = time.monotonic()
+            reply = sock.recv(4096).decode()
+        assert reply.startswith("HTTP/1.1 408") and "not received within 0.5 s" in reply
+        assert time.monotonic() - start < 3
+
+
+def test_a_client_that_stops_reading_is_dropped():
+    """SendTimeout: a send that cannot complete ends the response, so the handler's `finally` aborts."""
+    import asyncio
+
+    from serve.app import SendTimeout
+    cleaned = []
+
+    async def app(scope, receive, send):
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        finally:
+            cleaned.append(True)
+
+    async def stuck_send(message):
+        await asyncio.sleep(3600)
+
+    async def run():
+        await asyncio.wait_for(SendTimeout(app, 0.1)({"type": "http"}, None, stuck_send), 5)
+    asyncio.run(run())
+    assert cleaned == [True]
