@@ -141,7 +141,8 @@ def router_cmd(
     with _errors():
         import uvicorn
 
-        from serve.router import Router, create_router_app
+        from serve.router import Router
+        from serve.router_app import create_router_app
 
         urls = [u.strip().rstrip("/") for u in instances.split(",") if u.strip()]
         router = Router(urls, dispatcher, health_interval_s)

@@ -175,3 +175,10 @@ async def read_json(http, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, timeout_
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     _check_text(body)
     return body
+
+
+async def until_disconnected(http) -> None:
+    """Returns when the client disconnects. Call after the body is read: the next ASGI message is then the
+    disconnect. NOTE: polling Starlette's `is_disconnected()` missed some disconnects; waiting does not."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass

@@ -30,14 +30,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from executor.sampling import SamplingParams
 from executor.tokenizer import Tokenizer
 from serve.async_engine import AsyncEngine, EngineDeadError, QueueFullError, Submission
-from serve.choices import Choice, chat_logprobs, completion_logprobs
+from serve.choices import Choice
 from serve.errors import ApiError, error_body, error_response
 from serve.reply import Reply
 from serve.protocol import (DEFAULT_MAX_BODY_BYTES, ChatRequest, CompletionRequest, DetokenizeRequest,
-                            SamplingRequest, TokenizeRequest, ignored_fields, parse, read_json)
+                            SamplingRequest, TokenizeRequest, ignored_fields, parse, read_json, until_disconnected)
 
 DEFAULT_MAX_TOKENS = 16
-DISCONNECT_CHECK_S = 0.25  # how often a waiting handler asks whether its client is still there
 VERSION = "0.1.0"
 
 
@@ -130,13 +129,16 @@ class Server:
         subs = [self._submit(ids, max_tokens, body, 0, num_logprobs)]
         merged: asyncio.Queue = asyncio.Queue()
         events = _Events(merged, http)
-        pumps = [asyncio.get_running_loop().create_task(_pump(0, subs[0], merged))]
+        pumps = [events.gone, asyncio.get_running_loop().create_task(_pump(0, subs[0], merged))]
         try:
             first = await events.next()
             if first[1] == [None]:
                 _raise_unserved(subs[0], self.aengine)
             subs += [self._submit(ids, max_tokens, body, i, num_logprobs) for i in range(1, body.n)]
             pumps += [asyncio.get_running_loop().create_task(_pump(i, s, merged)) for i, s in enumerate(subs) if i]
+        except ClientGone:
+            self._cancel(subs, pumps)
+            return error_response(499, "client disconnected")
         except BaseException:
             self._cancel(subs, pumps)
             raise
@@ -152,14 +154,11 @@ class Server:
             while sum(None in batch for _, batch in batches) < len(subs):
                 batches.append(await events.next())
         except ClientGone:
-            self._cancel(subs, pumps)
             return error_response(499, "client disconnected")
-        except BaseException:
-            self._cancel(subs, pumps)
-            raise
+        finally:
+            self._cancel(subs, pumps)  # aborts what is unfinished; stops the disconnect watcher
         failed = next((s for s in subs if s.finish_reason in ("error", "abort", "expired")), None)
         if failed is not None:
-            self._cancel(subs, pumps)
             return error_response(500 if failed.finish_reason == "error" else 503, failed.error or "request aborted")
         for index, batch in batches:
             reply.feed(index, batch)
@@ -238,25 +237,19 @@ async def _pump(index: int, sub: Submission, merged: asyncio.Queue) -> None:
 
 
 class _Events:
-    """(index, batch) events of one request's choices, asking at least every DISCONNECT_CHECK_S whether the
-    client is still there (also while events keep coming: a non-streaming client may leave mid-generation)."""
+    """(index, batch) events of one request's choices, or ClientGone as soon as the client disconnects."""
 
     def __init__(self, merged: asyncio.Queue, http: HttpRequest) -> None:
-        self.merged, self.http = merged, http
-        self.check_at = time.monotonic() + DISCONNECT_CHECK_S
+        self.merged = merged
+        self.gone = asyncio.ensure_future(until_disconnected(http))
 
     async def next(self):
-        while True:
-            try:
-                event = await asyncio.wait_for(self.merged.get(), DISCONNECT_CHECK_S)
-            except asyncio.TimeoutError:
-                event = None
-            if event is None or time.monotonic() >= self.check_at:
-                self.check_at = time.monotonic() + DISCONNECT_CHECK_S
-                if await self.http.is_disconnected():
-                    raise ClientGone()
-            if event is not None:
-                return event
+        get = asyncio.ensure_future(self.merged.get())
+        await asyncio.wait({get, self.gone}, return_when=asyncio.FIRST_COMPLETED)
+        if get.done():
+            return get.result()
+        get.cancel()
+        raise ClientGone()
 
 
 def _raise_unserved(sub: Submission, aengine: AsyncEngine) -> None:
