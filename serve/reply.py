@@ -23,6 +23,7 @@ class Reply:
         self.finished: set[int] = set()
         self._started: set[int] = set()
         self._text: dict[int, list[str]] = {c.index: [] for c in choices}
+        self._num_chars: dict[int, int] = {c.index: 0 for c in choices}  # text_offset of the next token
 
     @property
     def num_finished(self) -> int:
@@ -61,7 +62,12 @@ class Reply:
             item["delta"] = {"role": "assistant", "content": text} if first else {"content": text}
         else:
             item["text"] = text
-        item["logprobs"] = self._logprobs(delta.token_ids, delta.logprobs) if delta.logprobs else None
+        if first:
+            self._num_chars[choice.index] = len(self.echo)
+        offset = self._num_chars[choice.index]  # text_offset counts decoded token pieces, as the one body does
+        if delta.logprobs:
+            self._num_chars[choice.index] += sum(len(self.server.tok.decode([t])) for t in delta.token_ids)
+        item["logprobs"] = self._logprobs(delta.token_ids, delta.logprobs, offset) if delta.logprobs else None
         if self.request.return_token_ids:
             item["token_ids"] = delta.token_ids
             if first:
@@ -88,7 +94,7 @@ class Reply:
         for choice in self.choices:
             text = "".join(self._text[choice.index])
             item: dict[str, Any] = {"index": choice.index, "finish_reason": choice.finish_reason}
-            logprobs = self._logprobs(choice.token_ids, choice.logprobs) if choice.logprobs else None
+            logprobs = self._logprobs(choice.token_ids, choice.logprobs, len(self.echo)) if choice.logprobs else None
             if self.chat:
                 item.update(message={"role": "assistant", "content": text}, logprobs=logprobs)
             else:
@@ -105,11 +111,11 @@ class Reply:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
                 "prompt_tokens_details": {"cached_tokens": sum(c.sub.cached_tokens for c in self.choices)}}
 
-    def _logprobs(self, token_ids: list[int], entries: list) -> dict:
+    def _logprobs(self, token_ids: list[int], entries: list, text_offset: int) -> dict:
         pairs = list(zip(token_ids, entries))
         if self.chat:
             return chat_logprobs(self.server.tok, pairs)
-        return completion_logprobs(self.server.tok, pairs, len(self.echo))
+        return completion_logprobs(self.server.tok, pairs, text_offset)
 
 
 def _join(a: Delta, b: Delta) -> Delta:

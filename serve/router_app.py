@@ -31,7 +31,7 @@ def _client_view(event: dict, want_ids: bool) -> dict:
 def _aggregate(events: list[dict], chat: bool, want_ids: bool) -> dict:
     """One non-streaming response from the stream's chunks."""
     first = events[0] if events else {}
-    text, ids, finish, usage, prompt_ids = [], [], "length", None, None
+    text, ids, finish, usage, prompt_ids, logprobs = [], [], "length", None, None, None
     for event in events:
         usage = event.get("usage") or usage
         for c in event.get("choices") or []:
@@ -39,11 +39,15 @@ def _aggregate(events: list[dict], chat: bool, want_ids: bool) -> dict:
             ids.extend(c.get("token_ids") or [])
             prompt_ids = c.get("prompt_token_ids", prompt_ids)
             finish = c.get("finish_reason") or finish
-    choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+            if c.get("logprobs"):  # chunks carry each token's logprobs: concatenate every list field
+                logprobs = logprobs or {k: [] for k in c["logprobs"]}
+                for k, v in c["logprobs"].items():
+                    logprobs.setdefault(k, []).extend(v or [])
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": logprobs}
     if chat:
         choice["message"] = {"role": "assistant", "content": "".join(text)}
     else:
-        choice.update(text="".join(text), logprobs=None)
+        choice["text"] = "".join(text)
     if want_ids:
         choice.update(token_ids=ids, prompt_token_ids=prompt_ids)
     return {"id": first.get("id"), "object": "chat.completion" if chat else "text_completion",

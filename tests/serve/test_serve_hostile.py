@@ -154,3 +154,18 @@ def test_a_client_that_stops_reading_is_dropped():
         await asyncio.wait_for(SendTimeout(app, 0.1)({"type": "http"}, None, stuck_send), 5)
     asyncio.run(run())
     assert cleaned == [True]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_router_passes_sampling_parameters_and_logprobs(endpoints, chat):
+    urls, _ = endpoints
+    extra = {"seed": 3, "temperature": 1.0, "top_k": 50, "max_tokens": 6, "ignore_eos": True}
+    if chat:
+        body = {**CHAT, **extra, "logprobs": True, "top_logprobs": 2}
+        path = "/v1/chat/completions"
+    else:
+        body = {**GOOD, **extra, "logprobs": 2}
+        path = "/v1/completions"
+    direct, routed = (httpx.post(urls[t] + path, json=body).json() for t in ("server", "router"))
+    assert routed["choices"][0]["logprobs"] == direct["choices"][0]["logprobs"]  # same seed: same tokens
+    assert routed["usage"]["completion_tokens"] == 6
