@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
 from serve.errors import error_response, install_error_handlers
+from serve.timeouts import within
 
 OPEN_PATHS = frozenset({"/health", "/version", "/metrics"})
 
@@ -46,7 +47,7 @@ class SendTimeout:
 
         async def bounded_send(message):
             try:
-                await asyncio.wait_for(send(message), self.timeout_s)
+                await within(send(message), self.timeout_s)
             except asyncio.TimeoutError:
                 raise OSError(f"client read nothing for {self.timeout_s:g} s") from None
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve.errors import ApiError
+from serve.timeouts import within
 
 log = logging.getLogger("yoda.serve")
 DEFAULT_MAX_BODY_BYTES = 4 << 20
@@ -164,7 +165,7 @@ async def read_json(http, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, timeout_
         return b"".join(chunks)
 
     try:
-        raw = await asyncio.wait_for(collect(), timeout_s)
+        raw = await within(collect(), timeout_s)
     except asyncio.TimeoutError:
         raise ApiError(408, f"request body not received within {timeout_s:g} s") from None
     try:

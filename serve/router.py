@@ -30,6 +30,7 @@ import httpx
 from executor.tokenizer import fallback_chat_text, token_block_hashes
 from yoda.dispatcher import make_dispatcher
 from yoda.kv_cache import chain_keys
+from serve.timeouts import within
 from yoda.request import Request
 
 BLOCK_SIZE = 16
@@ -233,7 +234,7 @@ class Router:
         try:
             while True:
                 try:
-                    kind, value = await asyncio.wait_for(queue.get(), self.health_interval_s)
+                    kind, value = await within(queue.get(), self.health_interval_s)
                 except asyncio.TimeoutError:
                     if not inst.healthy:
                         inst.num_failed += 1

@@ -245,10 +245,13 @@ class _Events:
 
     async def next(self):
         get = asyncio.ensure_future(self.merged.get())
-        await asyncio.wait({get, self.gone}, return_when=asyncio.FIRST_COMPLETED)
-        if get.done():
+        try:
+            await asyncio.wait({get, self.gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not get.done():
+                get.cancel()
+        if get.done() and not get.cancelled():
             return get.result()
-        get.cancel()
         raise ClientGone()
 
 
