@@ -158,8 +158,10 @@ class Server:
         finally:
             self._cancel(subs, pumps)  # aborts what is unfinished; stops the disconnect watcher
         failed = next((s for s in subs if s.finish_reason in ("error", "abort", "expired")), None)
-        if failed is not None:
-            return error_response(500 if failed.finish_reason == "error" else 503, failed.error or "request aborted")
+        if failed is not None:  # a later choice that expired in the queue, or an engine failure
+            status = {"error": 500, "expired": 429}.get(failed.finish_reason, 503)
+            headers = {"Retry-After": str(self.aengine.retry_after_s())} if status == 429 else None
+            return error_response(status, failed.error or "request aborted", headers=headers)
         for index, batch in batches:
             reply.feed(index, batch)
         return JSONResponse(reply.body(), headers=headers)

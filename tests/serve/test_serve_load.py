@@ -179,3 +179,14 @@ def test_queue_deadline_refuses_instead_of_serving_late(serve):
     assert m['yoda:request_rejected_total{reason="expired"}'] == statuses.count(429)
     assert m['yoda:request_success_total{finished_reason="length"}'] == statuses.count(200)
     assert m["yoda:num_requests_running"] == m["yoda:num_requests_waiting"] == 0
+
+
+def test_queue_deadline_follows_the_ttft_target():
+    from serve.build import ServeOptions, build_server
+    from yoda.request import SLO
+
+    server, _ = build_server(ServeOptions(policy="chunked", slo=SLO(ttft_ms=400, ttft_ms_per_token=10),
+                                          queue_wait_ttft_x=2.0, max_queue_wait_s=5.0))
+    short, long = server.aengine.submit([1] * 10, 4), server.aengine.submit([1] * 400, 4)
+    assert short.deadline_at - short.arrival_at == pytest.approx(0.8)  # 2 x max(400 ms, 10 x 10 ms)
+    assert long.deadline_at - long.arrival_at == pytest.approx(5.0)  # 2 x 4 s, capped by --max-queue-wait-s
