@@ -1,4 +1,4 @@
-"""Real-GPU backend: model, Triton kernels, paged KV pool, SM partitions (green contexts) and the engine.
+"""Real-GPU backend (the HTTP serving layer on top of it is the `serve` package): model, Triton kernels, paged KV pool, SM partitions (green contexts) and the engine.
 
     config.py           built-in model configs by name (llama3-8b, llama3-70b, qwen2.5-7b, tiny) or config.json
     model.py            Llama/Qwen2 decoder for layer groups: embed / run_layers / logits; random or safetensors
@@ -19,9 +19,5 @@
     device_run.py       the one device command: GPU sections, then short calibration and validation, <= 8 min
     runner.py           real-time trace replay driver (`yoda run --backend executor`); clocks.py: wall/CPU clocks
     cli.py              `yoda run`
-    server.py           OpenAI-compatible HTTP API (FastAPI) over the async engine loop; `yoda serve`
-    async_engine.py     online engine loop: one asyncio task owns scheduler + Engine; submit/abort/stream
     tokenizer.py        local transformers tokenizer or byte-level fallback; prefix block hashes
-    router.py           HTTP router over instances with the policy core's dispatchers; failover; `yoda router`
-    bench_client.py     replay a trace against any OpenAI endpoint into `yoda simulate` results; `yoda bench`
 """

@@ -24,6 +24,7 @@ from executor.decode_graph import DecodeGraphs
 from executor.kv_pool import KVPool
 from executor.model import DecoderModel
 from executor.partitions import PartitionManager
+from executor.sampling import SampleOutput, SamplingParams, sample
 from yoda.backend import Launch, PrefillChunk
 from yoda.kv_cache import KVCache
 
@@ -45,6 +46,8 @@ class _Seq:
     prompt_len: int
     num_computed: int = 0  # tokens whose KV is in the pool for every layer
     pending: _Pending | None = None
+    sampling: SamplingParams | None = None  # None: the engine's temperature
+    logprobs: list = field(default_factory=list)  # per output token (chosen, [(id, logprob)]) when asked for
 
 
 @dataclass(slots=True)
@@ -56,6 +59,7 @@ class _InFlight:
     cpu_elapsed_s: float | None = None
     events: tuple[torch.cuda.Event, torch.cuda.Event] | None = None  # (start, end) on CUDA
     keepalive: list = field(default_factory=list)  # tensors another stream made, held until done
+    logprobs: tuple | None = None  # (chosen [N], top ids [N, k], top logprobs [N, k]) when a row asked for them
 
 
 class Engine:
@@ -78,16 +82,21 @@ class Engine:
         self._busy: set[int] = set()  # requests inside an unfinished launch
 
     # ---- requests ------------------------------------------------------------------------------------
-    def add_request(self, request_id: int, prompt_token_ids: Sequence[int]) -> None:
+    def add_request(self, request_id: int, prompt_token_ids: Sequence[int],
+                    sampling: SamplingParams | None = None) -> None:
         if request_id in self._seqs:
             raise ValueError(f"request {request_id} already added")
         if not prompt_token_ids:
             raise ValueError(f"request {request_id}: empty prompt")
-        self._seqs[request_id] = _Seq(list(prompt_token_ids), len(prompt_token_ids))
+        self._seqs[request_id] = _Seq(list(prompt_token_ids), len(prompt_token_ids), sampling=sampling)
 
     def output_tokens(self, request_id: int) -> list[int]:
         seq = self._seqs[request_id]
         return seq.token_ids[seq.prompt_len:]
+
+    def output_logprobs(self, request_id: int) -> list[tuple[float, list[tuple[int, float]]]]:
+        """(chosen token's logprob, top alternatives) per output token, for requests that asked for them."""
+        return self._seqs[request_id].logprobs
 
     def free(self, request_id: int) -> None:
         """Forget a request (its KV blocks are the scheduler's to free in the KVCache)."""
@@ -148,6 +157,7 @@ class Engine:
             if flight.tokens is not None:
                 for rid, token in zip(flight.token_owners, flight.tokens.tolist()):
                     self._seqs[rid].token_ids.append(token)
+                self._record_logprobs(flight)
             self._busy.difference_update(flight.launch.decode_ids)
             self._busy.difference_update(c.request_id for c in flight.launch.prefill)
             elapsed_s = flight.cpu_elapsed_s
@@ -170,7 +180,7 @@ class Engine:
                 logits.append(rows)
                 owners.extend(row_owners)
         if logits:
-            tokens = self._sample(torch.cat(logits))
+            tokens, flight.logprobs = self._sample(torch.cat(logits), owners)
             if stream is not None:
                 host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
                 tokens = host.copy_(tokens, non_blocking=True)  # valid once the end event fires
@@ -249,12 +259,29 @@ class Engine:
         max_len = max(s.start_len + s.num_new for s in slices)
         return choose_num_splits(len(slices), self.model.num_kv_heads, max_len, launch.num_sms)
 
-    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits: [N, vocab] fp32 -> [N] int64 tokens (greedy at temperature 0)."""
-        if self.temperature == 0:
-            return logits.argmax(dim=-1)
-        probs = torch.softmax(logits / self.temperature, dim=-1)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+    def _sample(self, logits: torch.Tensor, owners: Sequence[int]) -> SampleOutput:
+        """logits: [N, vocab] fp32 -> [N] int64 tokens (greedy at temperature 0), with each row's request's
+        SamplingParams (executor/sampling.py) where it has them."""
+        seqs = [self._seqs[rid] for rid in owners]
+        if all(s.sampling is None for s in seqs):
+            if self.temperature == 0:
+                return SampleOutput(logits.argmax(dim=-1), None)
+            probs = torch.softmax(logits / self.temperature, dim=-1)
+            return SampleOutput(torch.multinomial(probs, 1, generator=self.generator).squeeze(-1), None)
+        default = SamplingParams(temperature=self.temperature)
+        # NOTE: after a recompute preemption prompt_len includes earlier output: penalties see it as prompt
+        return sample(logits, [s.sampling or default for s in seqs], [s.token_ids for s in seqs],
+                      [s.prompt_len for s in seqs], self.generator)
+
+    def _record_logprobs(self, flight: _InFlight) -> None:
+        if flight.logprobs is None:
+            return
+        chosen, top_ids, top_lps = (t.tolist() for t in flight.logprobs)
+        for i, rid in enumerate(flight.token_owners):
+            seq = self._seqs[rid]
+            if seq.sampling is not None and seq.sampling.num_logprobs is not None:
+                k = seq.sampling.num_logprobs
+                seq.logprobs.append((chosen[i], list(zip(top_ids[i][:k], top_lps[i][:k]))))
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         t = torch.tensor(values, dtype=torch.int64)

@@ -18,7 +18,7 @@ import pytest
 import torch
 import uvicorn
 
-from executor.server import ServeOptions, build_server
+from serve.build import ServeOptions, build_server
 
 torch.set_num_threads(1)  # tiny tensors: threads only fight the other xdist worker (and forked servers)
 
@@ -63,7 +63,7 @@ def app_in_thread(app) -> Iterator[str]:
 
 @contextmanager
 def server_in_thread(**options) -> Iterator[tuple[str, object]]:
-    """(base URL, executor.server.Server) of a tiny CPU server running in this process."""
+    """(base URL, serve.server.Server) of a tiny CPU server running in this process."""
     server, app = build_server(ServeOptions(device="cpu", **options))
     with app_in_thread(app) as url:
         yield url, server

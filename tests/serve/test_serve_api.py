@@ -106,7 +106,7 @@ def test_stop_at_eos_unless_ignore_eos(served):
 
 def test_disconnects_abort_and_free_kv(served):
     url, server, _ = served
-    aborted = _metric(url, 'yoda_requests_total{outcome="aborted"}')
+    aborted = _metric(url, 'yoda:request_success_total{finished_reason="abort"}')
     body = {"model": "tiny", "prompt": list(range(40)), "max_tokens": 3000, "stream": True}
     with httpx.stream("POST", f"{url}/v1/completions", json=body) as resp:
         lines = resp.iter_lines()
@@ -114,7 +114,7 @@ def test_disconnects_abort_and_free_kv(served):
     with pytest.raises(httpx.ReadTimeout):  # non-streaming: the client times out and closes the socket
         httpx.post(f"{url}/v1/completions", json={**body, "stream": False}, timeout=0.5)
     _wait_idle(server)
-    assert _metric(url, 'yoda_requests_total{outcome="aborted"}') == aborted + 2
+    assert _metric(url, 'yoda:request_success_total{finished_reason="abort"}') == aborted + 2
     assert server.aengine.sched.kv.num_used_blocks == 0 and not server.aengine.engine._seqs
     server.aengine.sched.check_invariants()
 
@@ -130,12 +130,18 @@ def test_info_endpoints(served):
     health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and health["kv_total_blocks"] == 4096
     text = httpx.get(f"{url}/metrics").text
-    for name in ("yoda_queue_depth", "yoda_running_requests", "yoda_kv_usage_ratio", "yoda_prefix_hit_rate",
-                 'yoda_sm_split{lane="decode"}', 'yoda_lane_busy{lane="prefill"}', "yoda_ttft_seconds_bucket",
-                 "yoda_tbt_seconds_count"):
+    for name in ("yoda:num_requests_waiting", "yoda:num_requests_running", "yoda:kv_cache_usage_perc",
+                 "yoda:prefix_cache_hit_rate", 'yoda:sm_split{lane="decode"}', 'yoda:lane_busy{lane="prefill"}',
+                 "yoda:time_to_first_token_seconds_bucket", "yoda:inter_token_latency_seconds_count",
+                 "yoda:e2e_request_latency_seconds_sum", "yoda:request_queue_time_seconds_count",
+                 'yoda:request_rejected_total{reason="queue_full"}', "yoda:num_preemptions_total",
+                 "yoda:generation_tokens_total"):
         assert name in text
-    assert _metric(url, "yoda_ttft_seconds_count") >= 1 and 0 < _metric(url, "yoda_prefix_hit_rate") < 1
-    assert _metric(url, 'yoda_sm_split{lane="decode"}') > 0  # yoda gave decode an SM share (nominal on the CPU)
+    assert _metric(url, "yoda:time_to_first_token_seconds_count") >= 1
+    assert 0 < _metric(url, "yoda:prefix_cache_hit_rate") < 1
+    assert _metric(url, "yoda:e2e_request_latency_seconds_count") >= 2
+    assert _metric(url, "yoda:request_queue_time_seconds_count") >= 2
+    assert _metric(url, 'yoda:sm_split{lane="decode"}') > 0  # yoda gave decode an SM share (nominal on the CPU)
 
 
 def test_token_helpers():

@@ -33,6 +33,7 @@ async def _stream_one(client: httpx.AsyncClient, prompt: list[int], max_tokens: 
     out = {"prompt": prompt, "max_tokens": max_tokens, "tokens": [], "ids": set(), "ttft_s": None}
     async with client.stream("POST", "/v1/completions", json=body) as resp:
         out["status"], out["retry_after"] = resp.status_code, resp.headers.get("retry-after")
+        out["answered_s"] = time.perf_counter() - start
         if resp.status_code != 200:
             await resp.aread()
             return out
@@ -99,9 +100,9 @@ def test_hundreds_of_concurrent_requests_answered_exactly_once(servers):
     assert [r["status"] for r in results] == [200] * NUM_REQUESTS
     _check_answers(results)
     m = _metrics(url)
-    assert m['yoda_requests_total{outcome="accepted"}'] == m['yoda_requests_total{outcome="finished"}'] == NUM_REQUESTS
-    assert m["yoda_generation_tokens_total"] == sum(r["max_tokens"] for r in results)
-    assert m["yoda_prefix_hit_rate"] > 0.3 and m["yoda_running_requests"] == m["yoda_queue_depth"] == 0
+    assert m["yoda:request_accepted_total"] == m['yoda:request_success_total{finished_reason="length"}'] == NUM_REQUESTS
+    assert m["yoda:generation_tokens_total"] == sum(r["max_tokens"] for r in results)
+    assert m["yoda:prefix_cache_hit_rate"] > 0.3 and m["yoda:num_requests_running"] == m["yoda:num_requests_waiting"] == 0
     ttft_ms = np.median([r["ttft_s"] for r in results]) * 1000
     print(f"\nload: {NUM_REQUESTS} requests in {wall_s:.2f} s = {NUM_REQUESTS / wall_s:.1f} req/s, "
           f"p50 TTFT {ttft_ms:.0f} ms (client side, 64 at a time, CPU)")
@@ -115,16 +116,16 @@ def test_overload_gets_429_and_loses_nothing_accepted(servers):
     assert all(r["retry_after"] and int(r["retry_after"]) >= 1 for r in results if r["status"] == 429)
     _check_answers(results)
     m = _metrics(url)
-    assert m['yoda_requests_total{outcome="accepted"}'] == statuses.count(200)
-    assert m['yoda_requests_total{outcome="finished"}'] == statuses.count(200)
-    assert m['yoda_requests_total{outcome="rejected_full"}'] == statuses.count(429)
+    assert m["yoda:request_accepted_total"] == statuses.count(200)
+    assert m['yoda:request_success_total{finished_reason="length"}'] == statuses.count(200)
+    assert m['yoda:request_rejected_total{reason="queue_full"}'] == statuses.count(429)
 
 
 @pytest.mark.parametrize("policy", ["yoda", "chunked"])
 def test_preemption_and_aborts_under_kv_pressure_keep_greedy_outputs(policy):
     """A KV pool of 14 blocks for 40 requests forces recompute preemptions, and every third request is
     aborted after its first tokens; the others' outputs equal a roomy run and all KV comes back."""
-    from executor.server import ServeOptions, build_server
+    from serve.build import ServeOptions, build_server
 
     rng = random.Random(5)
     prompts = [[rng.randrange(512) for _ in range(rng.randrange(5, 60))] for _ in range(40)]
@@ -153,3 +154,39 @@ def test_preemption_and_aborts_under_kv_pressure_keep_greedy_outputs(policy):
             assert tight_reasons[i] == "length" and a == b
         else:
             assert tight_reasons[i] == "abort" and a == b[:len(a)] and len(a) < 30
+
+
+def test_queue_deadline_refuses_instead_of_serving_late(serve):
+    """Past --max-queue-wait-s every request is answered 429 + Retry-After within its deadline + 1 s; none is
+    served later than that, and none is lost: arrived = served + refused."""
+    wait_s, n = 1.0, 60
+    with serve.ForkedServer(policy="chunked", kv_blocks=16, max_queue=1000, max_queue_wait_s=wait_s).start() as srv:
+        serve.wait_healthy(srv.url)
+        requests = [(p, 24) for p, _ in _prompts(n, seed=2)]
+        results, _ = asyncio.run(_blast(srv.url, requests, max_connections=n))
+        m = _metrics(srv.url)
+    statuses = [r["status"] for r in results]
+    served = [r for r in results if r["status"] == 200]
+    refused = [r for r in results if r["status"] == 429]
+    assert len(served) + len(refused) == n and refused and served  # arrived = served + refused
+    assert all(r["retry_after"] and int(r["retry_after"]) >= 1 for r in refused)
+    print(f"\ndeadline {wait_s} s: {len(served)} served (max TTFT {max(r['ttft_s'] for r in served):.2f} s), "
+          f"{len(refused)} refused (last answer {max(r['answered_s'] for r in refused):.2f} s), client side, CPU")
+    assert max(r["answered_s"] for r in refused) <= wait_s + 1.0
+    assert max(r["ttft_s"] for r in served) <= wait_s + 1.0
+    _check_answers(results)
+    assert m["yoda:request_accepted_total"] == n
+    assert m['yoda:request_rejected_total{reason="expired"}'] == statuses.count(429)
+    assert m['yoda:request_success_total{finished_reason="length"}'] == statuses.count(200)
+    assert m["yoda:num_requests_running"] == m["yoda:num_requests_waiting"] == 0
+
+
+def test_queue_deadline_follows_the_ttft_target():
+    from serve.build import ServeOptions, build_server
+    from yoda.request import SLO
+
+    server, _ = build_server(ServeOptions(policy="chunked", slo=SLO(ttft_ms=400, ttft_ms_per_token=10),
+                                          queue_wait_ttft_x=2.0, max_queue_wait_s=5.0))
+    short, long = server.aengine.submit([1] * 10, 4), server.aengine.submit([1] * 400, 4)
+    assert short.deadline_at - short.arrival_at == pytest.approx(0.8)  # 2 x max(400 ms, 10 x 10 ms)
+    assert long.deadline_at - long.arrival_at == pytest.approx(5.0)  # 2 x 4 s, capped by --max-queue-wait-s

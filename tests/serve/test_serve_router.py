@@ -9,7 +9,8 @@ import signal
 import httpx
 import pytest
 
-from executor.router import Router, create_router_app
+from serve.router import Router
+from serve.router_app import create_router_app
 
 MAX_TOKENS = 48
 

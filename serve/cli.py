@@ -21,6 +21,8 @@ SLO_PER_TOKEN = typer.Option(0.25, "--slo-ttft-ms-per-token", help="TTFT target 
 SLO_TBT = typer.Option(50.0, "--slo-tbt-ms", help="TBT target (ms), every gap between output tokens")
 HOST = typer.Option("127.0.0.1", "--host", help="address to listen on")
 LOG_LEVEL = typer.Option("warning", "--log-level", help="uvicorn log level")
+MAX_BODY = typer.Option(4 << 20, "--max-body-bytes", help="larger request bodies get 413 before parsing")
+IDLE_TIMEOUT = typer.Option(5.0, "--idle-timeout-s", help="close keep-alive connections idle this long")
 
 
 @contextmanager
@@ -53,6 +55,18 @@ def serve_cmd(
     option: list[str] = typer.Option([], "--option", help="policy option key=value, repeatable"),
     served_model_name: str | None = typer.Option(None, "--served-model-name", help="model name clients send"),
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="decode CUDA graphs (CUDA only)"),
+    max_queue_wait_s: float = typer.Option(60.0, "--max-queue-wait-s", help="a request not started within this "
+                                           "answers 429 + Retry-After instead of being served late"),
+    queue_wait_ttft_x: float = typer.Option(0.0, "--queue-wait-ttft-x", help="> 0: also give up past this many "
+                                            "times the request's TTFT target"),
+    max_body_bytes: int = MAX_BODY,
+    body_timeout_s: float = typer.Option(30.0, "--body-timeout-s", help="408 when a request body takes longer"),
+    send_timeout_s: float = typer.Option(30.0, "--send-timeout-s", help="drop a client that reads nothing this "
+                                         "long (its request is aborted)"),
+    idle_timeout_s: float = IDLE_TIMEOUT,
+    api_key: str | None = typer.Option(None, "--api-key", envvar="YODA_API_KEY", help="require Authorization: "
+                                       "Bearer KEY (all routes but /health, /version, /metrics)"),
+    allowed_origins: str = typer.Option("", "--allowed-origins", help="comma-separated CORS origins (* for any)"),
     log_level: str = LOG_LEVEL,
 ) -> None:
     """Serve a model with one policy on one GPU (or the CPU) behind an OpenAI-compatible API."""
@@ -62,16 +76,20 @@ def serve_cmd(
     with _errors():
         import uvicorn
 
-        from executor.server import ServeOptions, build_server
+        from serve.app import AppOptions
+        from serve.build import ServeOptions, build_server
 
         slo = SLO(ttft_ms=slo_ttft_ms, tbt_ms=slo_tbt_ms, ttft_ms_per_token=slo_ttft_ms_per_token)
         opts = ServeOptions(model=model, weights=weights, tokenizer=tokenizer, device=device, policy=policy,
                             kv_blocks=kv_blocks, max_queue=max_queue, max_batch=max_batch, temperature=temperature,
                             seed=seed, gpu=gpu, slo=slo, policy_options=policy_options(policy, option, []),
-                            served_name=served_model_name, cuda_graphs=cuda_graphs)
+                            served_name=served_model_name, cuda_graphs=cuda_graphs, max_queue_wait_s=max_queue_wait_s,
+                            queue_wait_ttft_x=queue_wait_ttft_x, max_body_bytes=max_body_bytes,
+                            body_timeout_s=body_timeout_s, app=AppOptions(api_key, tuple(
+                                o.strip() for o in allowed_origins.split(",") if o.strip()), send_timeout_s))
         _, app = build_server(opts)
     typer.echo(f"yoda serve: {opts.served_name or model} on {device}, policy {policy}, http://{host}:{port}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=60)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=idle_timeout_s)
 
 
 def bench_cmd(
@@ -100,7 +118,7 @@ def bench_cmd(
     from yoda.request import SLO
 
     with _errors():
-        from executor.bench_client import BenchConfig, run_bench
+        from serve.bench_client import BenchConfig, run_bench
 
         slo = SLO(ttft_ms=slo_ttft_ms, tbt_ms=slo_tbt_ms, ttft_ms_per_token=slo_ttft_ms_per_token)
         cfg = BenchConfig(endpoint=endpoint, trace=trace, format=fmt, rate=rate, max_requests=max_requests,
@@ -116,19 +134,21 @@ def router_cmd(
     port: int = typer.Option(9000, "--port"), host: str = HOST,
     dispatcher: str = typer.Option("slo_aware", "--dispatcher", help="slo_aware, least_loaded or round_robin"),
     health_interval_s: float = typer.Option(0.5, "--health-interval-s", help="seconds between /health polls"),
+    max_body_bytes: int = MAX_BODY, idle_timeout_s: float = IDLE_TIMEOUT,
     log_level: str = LOG_LEVEL,
 ) -> None:
     """Dispatch requests over several servers (session affinity, health checks, re-send on failure)."""
     with _errors():
         import uvicorn
 
-        from executor.router import Router, create_router_app
+        from serve.router import Router
+        from serve.router_app import create_router_app
 
         urls = [u.strip().rstrip("/") for u in instances.split(",") if u.strip()]
         router = Router(urls, dispatcher, health_interval_s)
-        app = create_router_app(router)
+        app = create_router_app(router, max_body_bytes)
     typer.echo(f"yoda router: {len(urls)} instances, {dispatcher}, http://{host}:{port}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=60)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=idle_timeout_s)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,10 +1,14 @@
 """The online engine loop: one asyncio task owns a scheduler (policy core) and the Engine; HTTP handlers
 only `submit` and `abort`, and read tokens from their `Submission`.
 
-    aengine = AsyncEngine(scheduler, ServingEngine(model, pool, scheduler.kv, device), max_queue=256)
+    aengine = AsyncEngine(scheduler, Engine(model, pool, scheduler.kv, device), max_queue=256)
     aengine.start()                                      # inside a running event loop
     sub = aengine.submit(prompt_ids, max_tokens=16)      # QueueFullError when --max-queue are waiting
-    async for token_ids in sub.stream(): ...             # then sub.finish_reason: "length", "stop" or "abort"
+    async for token_ids in sub.stream(): ...             # then sub.finish_reason: "length", "stop", "abort", ...
+
+Queue deadline: a request that has not started its prefill by `deadline_at` (arrival + --max-queue-wait-s,
+or its TTFT target x --queue-wait-ttft-x when smaller) is taken out and finished as "expired" (the server
+answers 429 with Retry-After), so overload is refused instead of served minutes late.
 
 One loop iteration is the driver loop of yoda/backend.py: take in arrivals, poll finished launches
 (`on_launch_done`, deliver tokens), apply pending stops, ask `schedule(now, busy)` and start its launches.
@@ -27,17 +31,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Sequence
 
-import torch
 
 from executor.engine import Engine
+from executor.sampling import SamplingParams
 from executor.tokenizer import token_block_hashes
 from yoda.backend import Launch
+from serve.metrics import EngineMetrics
 from yoda.request import Request
 
 log = logging.getLogger("yoda.serve")
 ABORTED = "aborted"
-TTFT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-TBT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class QueueFullError(RuntimeError):
@@ -50,22 +53,6 @@ class EngineDeadError(RuntimeError):
     """The engine loop stopped (shutdown or an internal error); no new work is accepted."""
 
 
-class Histogram:
-    """Cumulative-bucket histogram (Prometheus semantics), seconds."""
-
-    def __init__(self, buckets_s: Sequence[float]) -> None:
-        self.buckets_s = tuple(buckets_s)
-        self.counts = [0] * (len(self.buckets_s) + 1)  # last: +Inf
-        self.sum_s = 0.0
-        self.count = 0
-
-    def observe(self, value_s: float) -> None:
-        i = next((i for i, b in enumerate(self.buckets_s) if value_s <= b), len(self.buckets_s))
-        self.counts[i] += 1
-        self.sum_s += value_s
-        self.count += 1
-
-
 @dataclass(slots=True, eq=False)
 class Submission:
     """One accepted request as its HTTP handler sees it. Tokens arrive on `events` (lists of ids), then None."""
@@ -73,15 +60,19 @@ class Submission:
     request_id: int
     prompt_ids: list[int]
     max_tokens: int
-    temperature: float
+    sampling: SamplingParams
     stop_ids: frozenset[int]
     arrival_at: float
+    deadline_at: float = math.inf  # must start its prefill by then, else "expired"
+    min_tokens: int = 0  # stop ids are ignored before this many output tokens
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     output_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "length", "stop", "abort" or "error"
     error: str | None = None
     cached_tokens: int = 0  # prompt tokens whose KV was reused
     first_token_at: float | None = None
+    started_at: float | None = None  # its first prefill launch
+    logprobs: list = field(default_factory=list)  # per output token, when sampling.num_logprobs is set
 
     @property
     def done(self) -> bool:
@@ -96,31 +87,10 @@ class Submission:
             yield item
 
 
-class ServingEngine(Engine):
-    """Engine with one sampling temperature per request.
-
-    NOTE: overrides the private `Engine._sample`; the AsyncEngine sets `row_temperatures` (one per logits
-    row, in the Engine's row order: decode ids, then completing prefill chunks) before each `start`.
-    Ask for `Engine.add_request(..., temperature=)` to drop this.
-    """
-
-    row_temperatures: list[float] = []
-
-    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
-        temps = self.row_temperatures
-        if len(temps) != logits.shape[0]:
-            raise RuntimeError(f"sampling {logits.shape[0]} rows with {len(temps)} temperatures")
-        if not any(temps):
-            return logits.argmax(dim=-1)
-        t = torch.tensor(temps, dtype=logits.dtype, device=logits.device)
-        probs = torch.softmax(logits / t.clamp_min(1e-5)[:, None], dim=-1)
-        sampled = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
-        return torch.where(t > 0, sampled, logits.argmax(dim=-1))
-
-
 class AsyncEngine:
-    def __init__(self, scheduler, engine: ServingEngine, max_queue: int = 256, max_model_len: int | None = None,
-                 check_every: int = 0) -> None:
+    def __init__(self, scheduler, engine: Engine, max_queue: int = 256, max_model_len: int | None = None,
+                 check_every: int = 0, max_queue_wait_s: float = math.inf, queue_wait_ttft_x: float = 0.0,
+                 metrics: EngineMetrics | None = None) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         self.sched, self.engine = scheduler, engine
@@ -129,12 +99,14 @@ class AsyncEngine:
         self.kv_tokens = scheduler.config.kv_blocks * self.block_size
         self.max_model_len = min(max_model_len or self.kv_tokens, self.kv_tokens)
         self.check_every = check_every
+        self.max_queue_wait_s, self.queue_wait_ttft_x = max_queue_wait_s, queue_wait_ttft_x
+        self.metrics = metrics or EngineMetrics()
         self._t0 = time.monotonic()
         self._next_id = 0
         self._inbox: deque[Submission] = deque()
         self._subs: dict[int, Submission] = {}
         self._stops: dict[int, str] = {}  # request id -> "stop" | "abort", applied when no launch holds it
-        self._prior: dict[int, list[int]] = {}  # tokens generated before the last recompute (preemption)
+        self._prior: dict[int, tuple[list, list]] = {}  # (tokens, logprobs) before the last recompute
         self._engine_prompt_len: dict[int, int] = {}
         self._busy: dict[str, Launch] = {}  # lane -> the scheduler's launch running there
         self._engine_launch: dict[int, Launch] = {}  # id(launch given to the Engine) -> scheduler's launch
@@ -143,10 +115,9 @@ class AsyncEngine:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="yoda-engine") if engine.device.type == "cpu" else None
         self.dead: str | None = None
         self.lane_sms = {"prefill": 0, "decode": 0}  # SMs the policy gave the latest launch on each lane
-        self.counts = {"accepted": 0, "finished": 0, "aborted": 0, "stopped": 0, "rejected_full": 0, "failed": 0}
+        self.counts = {"accepted": 0, "finished": 0, "aborted": 0, "stopped": 0, "rejected_full": 0, "expired": 0,
+                       "failed": 0}
         self.num_prompt_tokens = self.num_output_tokens = 0
-        self.ttft = Histogram(TTFT_BUCKETS_S)
-        self.tbt = Histogram(TBT_BUCKETS_S)
         self._finish_times: deque[float] = deque(maxlen=256)
         self._num_iterations = 0
 
@@ -178,21 +149,28 @@ class AsyncEngine:
     def num_running(self) -> int:
         return len(self._subs) - self.num_queued
 
-    def submit(self, prompt_ids: Sequence[int], max_tokens: int, temperature: float = 0.0,
-               stop_ids: Sequence[int] = ()) -> Submission:
-        """Accept a request or raise QueueFullError / EngineDeadError. Lengths must be checked already."""
+    def submit(self, prompt_ids: Sequence[int], max_tokens: int, sampling: SamplingParams | float | None = None,
+               stop_ids: Sequence[int] = (), min_tokens: int = 0) -> Submission:
+        """Accept a request or raise QueueFullError / EngineDeadError. Lengths must be checked already.
+        `sampling`: SamplingParams, or a bare temperature (None: greedy)."""
         if self.dead:
             raise EngineDeadError(self.dead)
         if self.num_queued >= self.max_queue:
             self.counts["rejected_full"] += 1
+            self.metrics.on_finish("rejected_full")
             raise QueueFullError(self.num_queued, self.retry_after_s())
         if not prompt_ids or max_tokens < 1 or len(prompt_ids) + max_tokens > self.max_model_len:
             raise ValueError("prompt and max_tokens must fit the model context")  # handlers check first
-        sub = Submission(self._next_id, list(prompt_ids), max_tokens, temperature, frozenset(stop_ids), self.now())
+        if not isinstance(sampling, SamplingParams):
+            sampling = SamplingParams(temperature=float(sampling or 0.0))
+        now = self.now()
+        sub = Submission(self._next_id, list(prompt_ids), max_tokens, sampling, frozenset(stop_ids), now,
+                         now + self._max_wait_s(len(prompt_ids)), min_tokens)
         self._next_id += 1
         self._inbox.append(sub)
         self._subs[sub.request_id] = sub
         self.counts["accepted"] += 1
+        self.metrics.accepted.inc()
         self._wake.set()
         return sub
 
@@ -203,6 +181,19 @@ class AsyncEngine:
             return
         self._stops.setdefault(request_id, "abort")
         self._wake.set()
+
+    def _max_wait_s(self, prompt_len: int) -> float:
+        wait = self.max_queue_wait_s
+        if self.queue_wait_ttft_x > 0:
+            wait = min(wait, self.queue_wait_ttft_x * self.sched.slo.ttft_target_s(prompt_len))
+        return wait
+
+    def finish(self, request_id: int) -> None:
+        """End a request as "stop" (a stop string the handler found); idempotent, like abort."""
+        sub = self._subs.get(request_id)
+        if sub is not None and not sub.done:
+            self._stops.setdefault(request_id, "stop")
+            self._wake.set()
 
     def retry_after_s(self) -> int:
         """Seconds until the queue has probably drained by one bound's worth, from the recent finish rate."""
@@ -220,7 +211,7 @@ class AsyncEngine:
     async def _run(self) -> None:
         try:
             while not self.dead:
-                progressed = self._intake() | self._poll() | self._apply_stops()
+                progressed = self._intake() | self._poll() | self._expire() | self._apply_stops()
                 launches = self._schedule()
                 for launch in launches:
                     await self._start(launch)
@@ -249,19 +240,22 @@ class AsyncEngine:
             return False
         while self._inbox:
             sub = self._inbox.popleft()
+            if sub.done:
+                continue
             if self._stops.pop(sub.request_id, None):  # aborted before it reached the scheduler
                 self._close(sub, "abort")
                 continue
             request = Request(sub.request_id, sub.arrival_at, len(sub.prompt_ids), sub.max_tokens,
                               block_hashes=token_block_hashes(sub.prompt_ids, self.block_size),
                               hash_block_size=self.block_size)
-            self.engine.add_request(sub.request_id, sub.prompt_ids)
+            self.engine.add_request(sub.request_id, sub.prompt_ids, sub.sampling)
             self._engine_prompt_len[sub.request_id] = len(sub.prompt_ids)
             self.sched.on_arrival(request, sub.arrival_at)
             record = self.sched.records[-1]
             if record.rejected_reason is not None:
                 self._close(sub, "error", record.rejected_reason)
             self.num_prompt_tokens += len(sub.prompt_ids)
+            self.metrics.prompt_tokens.inc(len(sub.prompt_ids))
         return True
 
     def _poll(self) -> bool:
@@ -278,15 +272,19 @@ class AsyncEngine:
         sub = self._subs.get(rid)
         if sub is None or sub.done:
             return
-        full = self._prior.get(rid, []) + self.engine.output_tokens(rid)
+        prior, prior_lps = self._prior.get(rid, ([], []))
+        full = prior + self.engine.output_tokens(rid)
         new = full[len(sub.output_ids):]
         if new and rid not in self._stops:
-            stop_at = next((i for i, t in enumerate(new) if t in sub.stop_ids), None)
+            start = len(sub.output_ids)
+            stop_at = next((i for i, t in enumerate(new) if t in sub.stop_ids and start + i >= sub.min_tokens), None)
             if stop_at is not None:
                 new = new[:stop_at + 1]
                 self._stops[rid] = "stop"
             if sub.first_token_at is None:
                 sub.first_token_at = self.now()
+            if sub.sampling.num_logprobs is not None:
+                sub.logprobs.extend((prior_lps + self.engine.output_logprobs(rid))[start:start + len(new)])
             sub.output_ids.extend(new)
             sub.events.put_nowait(new)
         if rid not in self.sched.states and rid not in self._stops:
@@ -305,6 +303,24 @@ class AsyncEngine:
                 self._close(sub, reason)
                 progressed = True
         return progressed
+
+    def _expire(self) -> bool:
+        """Finish as "expired" every request past its queue deadline that has not started its prefill."""
+        now, expired = self.now(), False
+        for sub in list(self._subs.values()):
+            if sub.deadline_at > now or sub.request_id in self._stops:
+                continue
+            state = self.sched.states.get(sub.request_id)
+            queued = state is None or (not state.in_flight and any(
+                state in getattr(self.sched, name, ()) for name in ("waiting", "late")))
+            if not queued or sub.output_ids:  # started (or preempted after its first token): it is served
+                continue
+            if sub.request_id in self._engine_prompt_len:
+                self._remove_from_scheduler(sub.request_id, aborted=True)
+            self._close(sub, "expired", f"not started within its queue deadline of "
+                                        f"{sub.deadline_at - sub.arrival_at:.3g} s; server overloaded")
+            expired = True
+        return expired
 
     def _remove_from_scheduler(self, rid: int, aborted: bool) -> bool:
         """Take a request out of the scheduler (freeing its KV) if no launch holds it; False: try later."""
@@ -335,21 +351,18 @@ class AsyncEngine:
         self._prior.pop(rid, None)
         if self._engine_prompt_len.pop(rid, None) is not None and rid not in self._busy_ids():
             self.engine.free(rid)
-        key = {"length": "finished", "stop": "stopped", "abort": "aborted"}.get(reason, "failed")
+        key = {"length": "finished", "stop": "stopped", "abort": "aborted", "expired": "expired"}.get(reason, "failed")
         self.counts[key] += 1
         self.num_output_tokens += len(sub.output_ids)
+        self.metrics.generation_tokens.inc(len(sub.output_ids))
         record = next((r for r in reversed(self.sched.records) if r.request_id == rid), None)
         if record is not None and reason in ("length", "stop"):
             sub.cached_tokens = record.reused_len
-            self._observe(record.token_at, record.arrival_at)
-        self._finish_times.append(self.now())
+            self.metrics.observe_finished(record, self.now())
+        self.metrics.on_finish(key)
+        if reason != "expired":  # Retry-After comes from the rate of work done, not of refusals
+            self._finish_times.append(self.now())
         self._trim_records()
-
-    def _observe(self, token_at: list[float], arrival_at: float) -> None:
-        if token_at:
-            self.ttft.observe(token_at[0] - arrival_at)
-        for a, b in zip(token_at, token_at[1:]):
-            self.tbt.observe(b - a)
 
     def _trim_records(self) -> None:
         records = self.sched.records
@@ -369,8 +382,11 @@ class AsyncEngine:
         for chunk in launch.prefill:
             if launch.layer_start == 0:
                 self._sync_recompute(chunk.request_id)
+            sub = self._subs.get(chunk.request_id)
+            if sub is not None and sub.started_at is None:
+                sub.started_at = self.now()
+                self.metrics.queue.observe(sub.started_at - sub.arrival_at)
         engine_launch = replace(launch, num_sms=self._engine_sms(launch))
-        self.engine.row_temperatures = self._row_temperatures(launch)
         self._busy[launch.lane] = launch
         self._engine_launch[id(engine_launch)] = launch
         self.lane_sms[launch.lane] = launch.num_sms
@@ -387,18 +403,14 @@ class AsyncEngine:
         if self._engine_prompt_len[rid] == state.target_len:
             return
         sub = self._subs[rid]
-        kept = (self._prior.get(rid, []) + self.engine.output_tokens(rid))[:state.num_generated]
+        prior, prior_lps = self._prior.get(rid, ([], []))
+        kept = (prior + self.engine.output_tokens(rid))[:state.num_generated]
+        kept_lps = (prior_lps + self.engine.output_logprobs(rid))[:state.num_generated]
         self.engine.free(rid)
-        self.engine.add_request(rid, sub.prompt_ids + kept)
-        self._prior[rid] = kept
+        self.engine.add_request(rid, sub.prompt_ids + kept, sub.sampling)
+        self._prior[rid] = (kept, kept_lps)
         self._engine_prompt_len[rid] = len(sub.prompt_ids) + len(kept)
         assert self._engine_prompt_len[rid] == state.target_len, "recompute length mismatch"
-
-    def _row_temperatures(self, launch: Launch) -> list[float]:
-        rows = list(launch.decode_ids)
-        if launch.prefill_completes:
-            rows += [c.request_id for c in launch.prefill if c.end_len == self._engine_prompt_len[c.request_id]]
-        return [self._subs[rid].temperature if rid in self._subs else 0.0 for rid in rows]
 
     def _engine_sms(self, launch: Launch) -> int:
         """The Engine's partition nearest the policy's choice: prefill rounds down, decode up (so a pair

@@ -21,29 +21,21 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 from types import SimpleNamespace
 from typing import Any, AsyncIterator
 
 import httpx
-from fastapi import FastAPI, Request as HttpRequest
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from executor.tokenizer import fallback_chat_text, token_block_hashes
 from yoda.dispatcher import make_dispatcher
 from yoda.kv_cache import chain_keys
+from serve.timeouts import within
 from yoda.request import Request
 
 BLOCK_SIZE = 16
 MAX_SERVED_BLOCKS = 1 << 18  # per instance record of prompt blocks sent there (LRU)
 FAILURES_TO_DOWN = 2
-
-
-def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    """OpenAI-style error body (as executor.server writes it; kept here so the router needs no torch)."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
-                        status_code=status, headers=headers)
 
 
 class Instance:
@@ -215,7 +207,9 @@ class Router:
         """(path, body) of the next attempt: the request itself, or after streamed tokens its continuation
         (a completion of prompt + tokens so far); or a final event to send instead."""
         if not st.started:
-            return path, {**body, "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True}
+            options = body.get("stream_options") or {}
+            return path, {**body, "stream": True, "return_token_ids": True, "stream_options": {
+                "include_usage": True, "continuous_usage_stats": bool(options.get("continuous_usage_stats"))}}
         if st.prompt_ids is None:
             return {"error": {"message": "instance failed mid-stream and gave no token ids to resume", "code": 502}}
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 16
@@ -240,7 +234,7 @@ class Router:
         try:
             while True:
                 try:
-                    kind, value = await asyncio.wait_for(queue.get(), self.health_interval_s)
+                    kind, value = await within(queue.get(), self.health_interval_s)
                 except asyncio.TimeoutError:
                     if not inst.healthy:
                         inst.num_failed += 1
@@ -347,130 +341,3 @@ class _StreamState:
             out["usage"] = {**usage, "prompt_tokens": len(self.prompt_ids), "completion_tokens": len(self.sent),
                             "total_tokens": len(self.prompt_ids) + len(self.sent)}
         return out
-
-
-# ---- the HTTP app -----------------------------------------------------------------------------------------
-def _client_view(event: dict, want_ids: bool) -> dict:
-    if want_ids:
-        return event
-    choices = [{k: v for k, v in c.items() if k not in ("token_ids", "prompt_token_ids")} for c in event["choices"]]
-    return {**event, "choices": choices}
-
-
-def _aggregate(events: list[dict], chat: bool, want_ids: bool) -> dict:
-    """One non-streaming response from the stream's chunks."""
-    first = events[0] if events else {}
-    text, ids, finish, usage, prompt_ids = [], [], "length", None, None
-    for event in events:
-        usage = event.get("usage") or usage
-        for c in event.get("choices") or []:
-            text.append(c.get("text") or (c.get("delta") or {}).get("content") or "")
-            ids.extend(c.get("token_ids") or [])
-            prompt_ids = c.get("prompt_token_ids", prompt_ids)
-            finish = c.get("finish_reason") or finish
-    choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": "".join(text)}
-    else:
-        choice.update(text="".join(text), logprobs=None)
-    if want_ids:
-        choice.update(token_ids=ids, prompt_token_ids=prompt_ids)
-    return {"id": first.get("id"), "object": "chat.completion" if chat else "text_completion",
-            "created": first.get("created", int(time.time())), "model": first.get("model"), "choices": [choice],
-            "usage": usage}
-
-
-def create_router_app(router: Router) -> FastAPI:
-    async def lifespan(app: FastAPI):
-        await router.start()
-        yield
-        await router.stop()
-
-    app = FastAPI(title="yoda router", lifespan=asynccontextmanager(lifespan))
-
-    async def proxy(http: HttpRequest, path: str):
-        try:
-            body = json.loads(await http.body())
-        except ValueError as e:
-            return error_response(400, f"request body is not valid JSON: {e}")
-        if not isinstance(body, dict):
-            return error_response(400, "request body must be a JSON object")
-        chat = path.endswith("chat/completions")
-        want_ids = bool(body.get("return_token_ids"))
-        options = body.get("stream_options")
-        want_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        events = router.events(path, body, router.routing_request(body))
-        try:
-            first = await events.__anext__()
-        except NoInstance as e:
-            if e.body is not None:
-                return JSONResponse(e.body, status_code=e.status)
-            return error_response(e.status, e.message, headers=e.headers)
-        except StopAsyncIteration:
-            return error_response(502, "instance closed the stream without output")
-        if body.get("stream"):
-            return StreamingResponse(_sse(first, events, want_ids, want_usage), media_type="text/event-stream")
-        collected = [first]
-        async for event in events:
-            collected.append(event)
-        errors = [e for e in collected if "error" in e]
-        if errors:
-            return error_response(502, str(errors[0]["error"].get("message")))
-        return _aggregate(collected, chat, want_ids)
-
-    async def _sse(first: dict, events: AsyncIterator[dict], want_ids: bool, want_usage: bool):
-        try:
-            event: dict | None = first
-            while event is not None:
-                if "error" in event:
-                    yield f"data: {json.dumps(event)}\n\n"
-                    break
-                if event.get("choices") or want_usage:
-                    yield f"data: {json.dumps(_client_view(event, want_ids))}\n\n"
-                event = await anext(events, None)
-            yield "data: [DONE]\n\n"
-        finally:
-            await events.aclose()
-
-    @app.post("/v1/completions")
-    async def completions(http: HttpRequest):
-        return await proxy(http, "/v1/completions")
-
-    @app.post("/v1/chat/completions")
-    async def chat(http: HttpRequest):
-        return await proxy(http, "/v1/chat/completions")
-
-    @app.get("/v1/models")
-    async def models():
-        for inst in router.instances:
-            if inst.healthy:
-                try:
-                    resp = await router.client.get(f"{inst.url}/v1/models", timeout=5.0)
-                    return JSONResponse(resp.json(), status_code=resp.status_code)
-                except (httpx.HTTPError, ValueError):
-                    inst.mark_down()
-        return error_response(503, "no healthy instance")
-
-    @app.get("/health")
-    async def health():
-        up = any(i.healthy for i in router.instances)
-        body = {"status": "ok" if up else "no healthy instance", "instances": [
-            {"url": i.url, "healthy": i.healthy, "pending_prefill_tokens": i.pending_prefill, "running": i.running}
-            for i in router.instances]}
-        return JSONResponse(body, status_code=200 if up else 503)
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics():
-        lines = []
-        for name, kind, get in (("yoda_router_instance_up", "gauge", lambda i: int(i.healthy)),
-                                ("yoda_router_pending_prefill_tokens", "gauge", lambda i: i.pending_prefill),
-                                ("yoda_router_running_requests", "gauge", lambda i: i.running),
-                                ("yoda_router_dispatched_total", "counter", lambda i: i.num_dispatched),
-                                ("yoda_router_failed_total", "counter", lambda i: i.num_failed)):
-            lines.append(f"# TYPE {name} {kind}")
-            lines += [f'{name}{{instance="{i.url}"}} {get(i)}' for i in router.instances]
-        lines += ["# TYPE yoda_router_resent_total counter", f"yoda_router_resent_total {router.num_resent}",
-                  "# TYPE yoda_router_resumed_total counter", f"yoda_router_resumed_total {router.num_resumed}"]
-        return "\n".join(lines) + "\n"
-
-    return app
