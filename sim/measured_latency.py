@@ -158,6 +158,7 @@ class MeasuredLatency:
 
     def iteration_s(self, num_tokens: int, num_seqs: int, attention_s: float, num_sms: int) -> float:
         """All layers of `num_tokens` tokens with `attention_s` of attention per layer, LM head on `num_seqs`."""
+        num_sms = min(num_sms, self.gpu.num_sms)
         layer = self._lookup(self._layer_curve(num_sms), num_tokens) + self._all_reduce_s(num_tokens)
         emb = self._lookup((self.tokens.tolist(), self._emb.tolist()), num_tokens) if num_tokens else 0.0
         lm_head = self._lookup(self._lm_head_curve(num_sms), num_seqs) if num_seqs else 0.0
