@@ -40,7 +40,7 @@ def test_measured_beats_roofline_on_held_out_points_and_tp8(report):
 
 def test_summary_of_known_errors():
     s = summary([1.1, 0.9, 1.0, 2.0], [1.0, 1.0, 1.0, 1.0])
-    assert s == {"median": pytest.approx(0.1), "p90": pytest.approx(0.7), "max": pytest.approx(1.0), "points": 4}
+    assert s == {"median": pytest.approx(0.1), "p90": pytest.approx(0.73), "max": pytest.approx(1.0), "points": 4}
     assert summary([], [])["points"] == 0
 
 
