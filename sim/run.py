@@ -43,6 +43,8 @@ class SimConfig:
     latency: str = "measured"  # measured | roofline | pdmux | path to a calibration profile directory
     contention: bool = True
     contention_mode: str = "default"  # default | pessimistic (sim.contention.CONTENTION_MODES)
+    estimator_noise: float | None = None  # relative noise of the estimator's samples (None: sim.sampling default)
+    estimator_optimism: float = 0.0  # the policy's estimator predicts this share under the truth (guard tests)
     slo: SLO = field(default_factory=SLO)
     block_size: int | None = None  # KV block tokens; None: the trace's hash block size (16..512)
     kv_blocks: int | None = None  # override the capacity derived from GPU memory
@@ -123,10 +125,11 @@ def build(cfg: SimConfig, env: simpy.Environment, block_size: int = 16, only: in
     sched_cfg = SchedulerConfig(num_sms=gpu.num_sms, num_layers=model.num_layers, kv_blocks=kv_blocks,
                                 block_size=block_size, max_batch=cfg.max_batch)
     menu = PartitionMenu(gpu.num_sms, cfg.policy_options.get("granularity", 8), cfg.policy_options.get("step_sms", 16))
-    key = (cfg.latency, cfg.contention, cfg.contention_mode, cfg.gpu, cfg.model, cfg.tp, menu)
+    key = (cfg.latency, cfg.contention, cfg.contention_mode, cfg.gpu, cfg.model, cfg.tp, menu, cfg.estimator_noise,
+           cfg.estimator_optimism)
 
     def estimator_factory():
-        return estimator_for(key, latency, contention, gpu, model, menu)
+        return estimator_for(key, latency, contention, gpu, model, menu, cfg.estimator_noise, cfg.estimator_optimism)
 
     schedulers = _schedulers(cfg, sched_cfg, estimator_factory, cfg.num_instances if only is None else 1)
     indices = range(cfg.num_instances) if only is None else (only,)
