@@ -120,6 +120,8 @@ def build(cfg: SimConfig, env: simpy.Environment, block_size: int = 16, only: in
     gpu = get_gpu(cfg.gpu)
     model = get_model(cfg.model, tp=cfg.tp)
     latency = make_latency(cfg.latency, model, gpu)
+    if isinstance(latency, PdmuxFitLatency) and cfg.policy == "chunked":
+        latency.check_chunk_tokens(int(cfg.policy_options.get("token_budget", 512)))
     contention = ContentionModel.for_mode(cfg.contention_mode) if cfg.contention else NoContention()
     kv_blocks = cfg.kv_blocks or kv_capacity_blocks(model, gpu, block_size)
     sched_cfg = SchedulerConfig(num_sms=gpu.num_sms, num_layers=model.num_layers, kv_blocks=kv_blocks,
