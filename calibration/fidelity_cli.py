@@ -31,7 +31,10 @@ def markdown(report: dict) -> str:
             lines.append(f"| {check} | {source} | {_pct(s['median'])} | {_pct(s['p90'])} | {_pct(s['max'])} | "
                          f"{s['points']} |")
     lines += ["", "Target for `measured` on `transfer`: " + ", ".join(
-        f"{k} <= {_pct(v)}" for k, v in TARGETS.items()) + ".", ""]
+        f"{k} <= {_pct(v)}" for k, v in TARGETS.items()) + ".", "",
+        "pdmux is the reference of `sm_scaling` (0 by construction) and has no TP: TP1 points only (TP8 for the "
+        "70B tables, whose fit is likely Llama-3-70B TP8); its `transfer`/`leave_out`/`tp8` rows are whole-layer "
+        "times from fits of unknown models, shown for scale, not as like-for-like.", ""]
     context = report.get("transfer_context")
     if context:
         lines += ["What bounds `transfer` (same points, per-layer linear time or per GEMM):", "",
