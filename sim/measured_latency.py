@@ -69,7 +69,8 @@ class MeasuredLatency:
         self._gemms = {op: self.library.gemm_ms(self.tokens, *kn) / 1e3
                        for op, kn in self.shape.gemms(model.tp).items()}
         self._elementwise = self._elementwise_s(nearest)
-        self._emb = nearest.op_ms("emb", model.tp) / 1e3 * model.hidden / nearest.shape.hidden
+        emb = nearest.op_ms("emb", model.tp) / 1e3 * model.hidden / nearest.shape.hidden
+        self._emb = (self.tokens.tolist(), emb.tolist())  # once per iteration, not per layer
         self._layers: dict[int, tuple[list[float], list[float]]] = {}  # num_sms -> (tokens, per-layer s)
         self._lm_head: dict[int, tuple[list[float], list[float]]] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float]] = {}
@@ -160,7 +161,7 @@ class MeasuredLatency:
         """All layers of `num_tokens` tokens with `attention_s` of attention per layer, LM head on `num_seqs`."""
         num_sms = min(num_sms, self.gpu.num_sms)
         layer = self._lookup(self._layer_curve(num_sms), num_tokens) + self._all_reduce_s(num_tokens)
-        emb = self._lookup((self.tokens.tolist(), self._emb.tolist()), num_tokens) if num_tokens else 0.0
+        emb = self._lookup(self._emb, num_tokens) if num_tokens else 0.0
         lm_head = self._lookup(self._lm_head_curve(num_sms), num_seqs) if num_seqs else 0.0
         return self.model.num_layers * (layer + attention_s) + lm_head + emb + STEP_OVERHEAD_S
 
