@@ -1,7 +1,8 @@
 """Solo-run latency of prefill, decode and mixed iterations on an SM partition (no co-running lane).
 
-Sources: `RooflineLatency` (analytic, the default before calibration), `PdmuxFitLatency` (the paper
-authors' public fits) and `sim.profile_table.ProfileTableLatency` (our measured samples). Contention with
+Sources: `sim.measured_latency.MeasuredLatency` (measured kernel tables, the default), `RooflineLatency`
+(analytic), `PdmuxFitLatency` (the paper authors' public fits) and `sim.profile_table.ProfileTableLatency`
+(our calibration samples). Contention with
 the other lane is applied on top by `sim.contention`. Pure numpy/stdlib: the policy's estimator samples these.
 """
 from __future__ import annotations
