@@ -134,7 +134,8 @@ def roofline_estimator(backend) -> Estimator:
     gpu = gpu_spec({"name": props.name, "num_sms": props.multi_processor_count, "type": "cuda",
                     "memory_gib": props.total_memory / 2**30})
     model = model_spec(backend.model.config, backend.model_name)
-    return fit_estimator(RooflineLatency(model, gpu), ContentionModel(), gpu, model, PartitionMenu(backend.num_sms))
+    return fit_estimator(RooflineLatency(model, gpu), ContentionModel(), gpu, model, PartitionMenu(backend.num_sms),
+                         noise=0.0)  # analytic samples: nothing was measured
 
 
 # ---- plots -----------------------------------------------------------------------------------------

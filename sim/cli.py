@@ -23,7 +23,8 @@ from typer.core import TyperCommand
 
 from yoda.policies import policy_names
 
-LATENCY_HELP = "roofline (analytic), pdmux (paper fits) or a calibration profile directory"
+LATENCY_HELP = ("measured (Vidur's kernel tables, the default), roofline (analytic), pdmux (paper fits) or a "
+                "calibration profile directory")
 
 TRACE = typer.Option(None, "--trace", help="trace file, or synthetic:NAME[:N] with NAME sharegpt, loogle, "
                      "openthoughts or system_prompt; default: the bundled traces/data/mooncake_sample.jsonl")
@@ -35,7 +36,9 @@ TP = typer.Option(1, "--tp", help="tensor-parallel degree per instance")
 INSTANCES = typer.Option(1, "--instances", help="GPU instances behind the dispatcher")
 PREFILL_INSTANCES = typer.Option(None, "--prefill-instances", help="disagg: prefill instances (default half)")
 DISPATCHER = typer.Option("slo_aware", "--dispatcher", help="slo_aware, least_loaded or round_robin")
-LATENCY = typer.Option("roofline", "--latency", help=LATENCY_HELP)
+LATENCY = typer.Option("measured", "--latency", help=LATENCY_HELP)
+CONTENTION = typer.Option("default", "--contention", help="default, or pessimistic (1.5x the default's excess "
+                          "slowdown; sim/contention.py)")
 REPLAY = typer.Option("original", "--replay", help="original (keep the trace's arrival shape), poisson or gamma")
 CV = typer.Option(1.0, "--cv", help="gap coefficient of variation for --replay gamma")
 SLO_TTFT = typer.Option(1000.0, "--slo-ttft-ms", help="TTFT target (ms)")
@@ -147,6 +150,7 @@ def make_config(flags: dict, policy: str | None = None, strict: bool = True):
     cfg = SimConfig(policy=policy, gpu=flags["gpu"], model=flags["model"], tp=flags["tp"],
                     num_instances=flags["instances"], num_prefill_instances=flags["prefill_instances"],
                     dispatcher=flags["dispatcher"], latency=flags["latency"], contention=not flags["no_contention"],
+                    contention_mode=flags.get("contention", "default"),
                     slo=slo, policy_options=policy_options(policy, flags["option"], flags["ablation"], strict))
     try:
         build(cfg, simpy.Environment())
@@ -186,7 +190,7 @@ def simulate_cmd(
     scale: float | None = typer.Option(None, "--scale", help="replay at this multiple of the trace's own rate"),
     replay: str = REPLAY, cv: float = CV, slo_ttft_ms: float = SLO_TTFT, slo_ttft_ms_per_token: float = SLO_PER_TOKEN,
     slo_tbt_ms: float = SLO_TBT, seed: int = SEED, max_requests: int | None = MAX_REQUESTS,
-    option: list[str] = OPTION, ablation: list[str] = ABLATION, no_contention: bool = NO_CONTENTION,
+    option: list[str] = OPTION, ablation: list[str] = ABLATION, no_contention: bool = NO_CONTENTION, contention: str = CONTENTION,
     skip_bad: bool = SKIP_BAD,
     workers: int | None = typer.Option(None, "--workers", help="processes for a cluster whose instances never "
                                        "interact (round-robin dispatch, no disagg; same results): one instance "
@@ -226,7 +230,7 @@ def goodput_cmd(
     dispatcher: str = DISPATCHER, latency: str = LATENCY, replay: str = REPLAY, cv: float = CV,
     slo_ttft_ms: float = SLO_TTFT, slo_ttft_ms_per_token: float = SLO_PER_TOKEN, slo_tbt_ms: float = SLO_TBT,
     seed: int = SEED, max_requests: int | None = MAX_REQUESTS, option: list[str] = OPTION,
-    ablation: list[str] = ABLATION, no_contention: bool = NO_CONTENTION, skip_bad: bool = SKIP_BAD,
+    ablation: list[str] = ABLATION, no_contention: bool = NO_CONTENTION, contention: str = CONTENTION, skip_bad: bool = SKIP_BAD,
     start_rps: float | None = START_RPS, criterion: str = CRITERION, max_probes: int = MAX_PROBES,
     out: Path | None = typer.Option(None, "--out", help="write goodput.json here"),
     as_json: bool = JSON_OUT,
@@ -317,7 +321,7 @@ def sweep_cmd(
     replay: str = REPLAY, cv: float = CV, slo_ttft_ms: float = SLO_TTFT, slo_ttft_ms_per_token: float = SLO_PER_TOKEN,
     seed: int = SEED, max_requests: int | None = MAX_REQUESTS, option: list[str] = OPTION,
     ablation: list[str] = typer.Option([], "--ablation", help="yoda ablation (applied to yoda only), repeatable"),
-    no_contention: bool = NO_CONTENTION, skip_bad: bool = SKIP_BAD, start_rps: float | None = START_RPS,
+    no_contention: bool = NO_CONTENTION, contention: str = CONTENTION, skip_bad: bool = SKIP_BAD, start_rps: float | None = START_RPS,
     criterion: str = CRITERION, max_probes: int = MAX_PROBES,
     workers: int | None = typer.Option(None, "--workers", help="local worker processes (default: CPU count)"),
     ray: str | None = typer.Option(None, "--ray", help="Ray cluster address (needs the [ray] extra); trace files "

@@ -1,7 +1,8 @@
 """Solo-run latency of prefill, decode and mixed iterations on an SM partition (no co-running lane).
 
-Sources: `RooflineLatency` (analytic, the default before calibration), `PdmuxFitLatency` (the paper
-authors' public fits) and `sim.profile_table.ProfileTableLatency` (our measured samples). Contention with
+Sources: `sim.measured_latency.MeasuredLatency` (measured kernel tables, the default), `RooflineLatency`
+(analytic), `PdmuxFitLatency` (the paper authors' public fits) and `sim.profile_table.ProfileTableLatency`
+(our calibration samples). Contention with
 the other lane is applied on top by `sim.contention`. Pure numpy/stdlib: the policy's estimator samples these.
 """
 from __future__ import annotations
@@ -233,6 +234,8 @@ class PdmuxFitLatency:
     floored at MIN_PREDICTION_S. Use as realistic SM-scaling shapes; RooflineLatency is the default.
     """
 
+    MIN_FIT_TOKENS = 512  # the fits' data start here; smaller batches are priced as this many tokens
+
     def __init__(self, table_name: str = "H800", model: ModelSpec | None = None, path: str | Path | None = None,
                  kv_exponent: float = 1.0) -> None:
         fits = _load_fits(str(path or default_fit_path()))["gpus"]
@@ -245,6 +248,16 @@ class PdmuxFitLatency:
                               key=lambda x: x[0])
         self.decode = sorted(((_regime_limit(k), _SmTable(v)) for k, v in table["decode"].items()),
                              key=lambda x: x[0])
+
+    def check_chunk_tokens(self, chunk_tokens: int | None) -> None:
+        """Refuse a comparison whose prefill chunks are smaller than the fits' data (issue 15): each is priced
+        as MIN_FIT_TOKENS tokens, so a small-chunk policy cannot meet a tight TBT target by construction."""
+        if chunk_tokens is not None and chunk_tokens < self.MIN_FIT_TOKENS:
+            floor_ms = self.prefill_s([self.MIN_FIT_TOKENS], [0], self.num_sms) * 1e3
+            raise ValueError(
+                f"--latency pdmux prices any batch under {self.MIN_FIT_TOKENS} tokens as {self.MIN_FIT_TOKENS} "
+                f"({floor_ms:.0f} ms on {self.table_name}): its fits hold no smaller batches, so chunks of "
+                f"{chunk_tokens} tokens cannot be compared under it; use --latency measured or roofline")
 
     @classmethod
     def for_gpu(cls, gpu: GpuSpec, model: ModelSpec | None = None, path: str | Path | None = None) -> PdmuxFitLatency:

@@ -17,6 +17,7 @@ from sim.contention import ContentionModel, NoContention
 from sim.gpu_instance import GpuInstance, Timeline
 from sim.hardware import GpuSpec, get_gpu
 from sim.latency import LatencySource, PdmuxFitLatency, RooflineLatency
+from sim.measured_latency import MeasuredLatency
 from sim.profile_table import ProfileTableLatency
 from sim.model_spec import ModelSpec, get_model, kv_capacity_blocks
 from sim.sampling import estimator_for
@@ -39,8 +40,11 @@ class SimConfig:
     num_instances: int = 1
     num_prefill_instances: int | None = None  # disagg: xP (default half, at least 1)
     dispatcher: str = "slo_aware"
-    latency: str = "roofline"  # roofline | pdmux | path to a calibration profile directory
+    latency: str = "measured"  # measured | roofline | pdmux | path to a calibration profile directory
     contention: bool = True
+    contention_mode: str = "default"  # default | pessimistic (sim.contention.CONTENTION_MODES)
+    estimator_noise: float | None = None  # relative noise of the estimator's samples (None: sim.sampling default)
+    estimator_optimism: float = 0.0  # the policy's estimator predicts this share under the truth (guard tests)
     slo: SLO = field(default_factory=SLO)
     block_size: int | None = None  # KV block tokens; None: the trace's hash block size (16..512)
     kv_blocks: int | None = None  # override the capacity derived from GPU memory
@@ -73,13 +77,15 @@ class SimResult:
 
 
 def make_latency(name: str, model: ModelSpec, gpu: GpuSpec) -> LatencySource:
+    if name == "measured":
+        return MeasuredLatency(model, gpu)
     if name == "roofline":
         return RooflineLatency(model, gpu)
     if name == "pdmux":
         return PdmuxFitLatency.for_gpu(gpu, model)
     if Path(name).is_dir():
         return ProfileTableLatency(name)
-    raise ValueError(f"latency source must be 'roofline', 'pdmux' or a profile directory, got {name!r}")
+    raise ValueError(f"latency source must be 'measured', 'roofline', 'pdmux' or a profile directory, got {name!r}")
 
 
 def _schedulers(cfg: SimConfig, sched_cfg: SchedulerConfig, estimator_factory, count: int):
@@ -114,15 +120,18 @@ def build(cfg: SimConfig, env: simpy.Environment, block_size: int = 16, only: in
     gpu = get_gpu(cfg.gpu)
     model = get_model(cfg.model, tp=cfg.tp)
     latency = make_latency(cfg.latency, model, gpu)
-    contention = ContentionModel() if cfg.contention else NoContention()
+    if isinstance(latency, PdmuxFitLatency) and cfg.policy == "chunked":
+        latency.check_chunk_tokens(int(cfg.policy_options.get("token_budget", 512)))
+    contention = ContentionModel.for_mode(cfg.contention_mode) if cfg.contention else NoContention()
     kv_blocks = cfg.kv_blocks or kv_capacity_blocks(model, gpu, block_size)
     sched_cfg = SchedulerConfig(num_sms=gpu.num_sms, num_layers=model.num_layers, kv_blocks=kv_blocks,
                                 block_size=block_size, max_batch=cfg.max_batch)
     menu = PartitionMenu(gpu.num_sms, cfg.policy_options.get("granularity", 8), cfg.policy_options.get("step_sms", 16))
-    key = (cfg.latency, cfg.contention, cfg.gpu, cfg.model, cfg.tp, menu)
+    key = (cfg.latency, cfg.contention, cfg.contention_mode, cfg.gpu, cfg.model, cfg.tp, menu, cfg.estimator_noise,
+           cfg.estimator_optimism)
 
     def estimator_factory():
-        return estimator_for(key, latency, contention, gpu, model, menu)
+        return estimator_for(key, latency, contention, gpu, model, menu, cfg.estimator_noise, cfg.estimator_optimism)
 
     schedulers = _schedulers(cfg, sched_cfg, estimator_factory, cfg.num_instances if only is None else 1)
     indices = range(cfg.num_instances) if only is None else (only,)

@@ -13,7 +13,7 @@ def _mount() -> None:
     app.add_typer(trace_app, name="trace", help="Inspect request traces.")
     from sim.cli import register as register_sim
     register_sim(app)
-    for module in ("executor.cli", "calibration.cli", "serve.cli"):
+    for module in ("executor.cli", "calibration.cli", "calibration.fidelity_cli", "serve.cli"):
         try:
             register = __import__(module, fromlist=["register"]).register
         except ModuleNotFoundError as exc:  # optional extras (torch, fastapi) not installed

@@ -195,3 +195,14 @@ def test_profile_table_extrapolates_with_fit(table):
     assert far > table.prefill_s([16384], [0], 132) * 3
     assert np.isfinite(table.decode_s(512, 512 * 16384, 132))
     assert table.mixed_s([1024], [0], 8, 8 * 1024, 64) > table.prefill_s([1024], [0], 64)
+
+
+def test_pdmux_refuses_chunks_smaller_than_its_fits():
+    import simpy
+
+    from sim.run import SimConfig, build
+
+    build(SimConfig(policy="chunked", latency="pdmux", policy_options={"token_budget": 512}), simpy.Environment())
+    with pytest.raises(ValueError, match="prices any batch under 512 tokens as 512"):
+        build(SimConfig(policy="chunked", latency="pdmux", policy_options={"token_budget": 256}), simpy.Environment())
+    build(SimConfig(policy="chunked", latency="measured", policy_options={"token_budget": 256}), simpy.Environment())
