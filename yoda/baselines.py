@@ -19,6 +19,7 @@ from yoda.scheduler import PrefillJob, SchedulerConfig, SchedulerCore
 
 
 class ChunkedPrefill(SchedulerCore):
+    victim_includes_requester = True  # vLLM v1 / Sarathi: preempt the newest running request
     def __init__(self, config: SchedulerConfig, slo: SLO, token_budget: int = 512) -> None:
         super().__init__(config, slo)
         if token_budget < 1:
@@ -32,8 +33,8 @@ class ChunkedPrefill(SchedulerCore):
         budget = self.token_budget - len(batch)
         chunks = self.prefill_chunks(self.prefilling, budget)
         budget -= sum(c.num_new for c in chunks)
-        if budget > 0 and len(batch) + len(self.prefilling) < self.config.max_batch:
-            chunks += self.prefill_chunks(self.admit_waiting(now, budget), budget)
+        if budget > 0 and self._batch_room() > 0:
+            chunks += self.prefill_chunks(self.admit_waiting(now, budget, self._batch_room()), budget)
         if not batch and not chunks:
             return []
         if not chunks:
@@ -56,11 +57,12 @@ class ChunkedPrefill(SchedulerCore):
 
 
 class PrefillFirst(SchedulerCore):
+    victim_includes_requester = True  # vLLM v0: preempt the newest running request
     def schedule(self, now: float, busy: dict[str, Launch]) -> Sequence[Launch]:
         if busy:
             return []
-        if len(self.decoding) + len(self.ready) < self.config.max_batch:
-            self.admit_waiting(now, self.config.max_prefill_tokens)
+        if self._batch_room() > 0:
+            self.admit_waiting(now, self.config.max_prefill_tokens, self._batch_room())
         chunks = self.prefill_chunks(self.prefilling, max(self.config.max_prefill_tokens,
                                                           max((s.remaining_prefill for s in self.prefilling), default=0)))
         if chunks:
@@ -87,8 +89,8 @@ class StaticSplit(SchedulerCore):
             launches.append(self.decode_launch(batch, self.decode_sms))
         chunks = self.prefill_chunks(self.prefilling, self.chunk_tokens)
         budget = self.chunk_tokens - sum(c.num_new for c in chunks)
-        if budget > 0 and len(self.decoding) + len(self.prefilling) < self.config.max_batch:
-            chunks += self.prefill_chunks(self.admit_waiting(now, budget), budget)
+        if budget > 0 and self._batch_room() > 0:
+            chunks += self.prefill_chunks(self.admit_waiting(now, budget, self._batch_room()), budget)
         if chunks:
             sms = self.config.num_sms - self.decode_sms if batch else self.config.num_sms
             launches.append(self.prefill_launch(chunks, sms, PREFILL))
@@ -124,8 +126,8 @@ class TemporalSplit(SchedulerCore):
 
     def _prefill_group(self, now: float) -> Launch | None:
         if self.job is None:
-            if len(self.decoding) + len(self.prefilling) < self.config.max_batch:
-                self.admit_waiting(now, self.config.max_prefill_tokens)
+            if self._batch_room() > 0:
+                self.admit_waiting(now, self.config.max_prefill_tokens, self._batch_room())
             chunks = self.prefill_chunks(self.prefilling, self.config.max_prefill_tokens)
             if not chunks:
                 return None

@@ -307,15 +307,20 @@ class SchedulerCore(MultiStepDecode):
         if self.kv.has_room(state.id, state.context_len):
             return True
         while not self.kv.can_extend(state.id, state.context_len):
-            victim = self._pick_victim(exclude=state)
-            if victim is None:
+            victim = self._pick_victim(exclude=None if self.victim_includes_requester else state)
+            if victim is None or victim is state:
                 self.preempt(state)
                 return False
             self.preempt(victim)
         self.kv.extend(state.id, state.context_len)
         return True
 
-    def _pick_victim(self, exclude: RequestState) -> RequestState | None:
+    # Preemption victim on a KV shortage: the newest admitted request. vLLM (v0 and v1) and Vidur pop the
+    # newest running request even when it is the one asking for a block (it then preempts itself); policies
+    # that set this False spare the requester and take the newest other one.
+    victim_includes_requester = False
+
+    def _pick_victim(self, exclude: RequestState | None) -> RequestState | None:
         candidates = self.prefilling + ([] if self.decode_in_flight else self.decoding)
         idle = [s for s in candidates if not s.in_flight and s is not exclude and s.admitted]
         return max(idle, key=lambda s: s.order, default=None)

@@ -151,11 +151,8 @@ def test_request_that_needs_the_whole_cache_is_served(policy):
     assert_all_served(sched, requests)
 
 
-@pytest.mark.xfail(strict=True, reason="with max_batch=1, merge_ready admits one ready request; when it "
-                   "cannot grow its KV and no other request is a victim (the other holds KV in `ready`, which "
-                   "_pick_victim never considers) it preempts itself and schedule() returns nothing while "
-                   "nothing runs, so no decision point ever comes again (the simulator ends with unfinished "
-                   "requests)")
+# with max_batch=1 two requests used to be admitted (the cap did not count `ready`): the one in `ready`
+# held KV that no victim search considers, and the decoding one preempted itself with nothing left to run
 @pytest.mark.parametrize("policy", ["prefill_first", "static_split"])
 def test_single_request_batches_do_not_stall_under_kv_pressure(policy):
     sched = POLICIES[policy](config(kv_blocks=20, max_batch=1))
