@@ -270,6 +270,9 @@ def summary_table(res: dict, title: str):
 
     v, pct = format_value, f"P{res['slo_percentile']:g}"
     rows = [("requests", v(res["num_requests"])), ("completed", v(res["completed"])), ("rejected", v(res["rejected"])),
+            ("load: requested / offered (steady window)",
+             f"{v(res.get('requested_rate'), 3)} / {v(res['offered_rate'], 3)} "
+             f"({v(res.get('offered_rate_steady'), 3)}) req/s"),
             ("throughput", f"{v(res['request_throughput'], 3)} req/s, {v(res['output_throughput'], 0)} output tok/s")]
     for name, key in (("TTFT", "ttft"), ("TBT", "tbt"), ("TPOT", "tpot"), ("E2E", "e2el")):
         values = " / ".join(format_ms(res[f"{stat}_{key}_ms"]) for stat in ("mean", "p50", "p90", "p99"))
