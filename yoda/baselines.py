@@ -61,14 +61,17 @@ class PrefillFirst(SchedulerCore):
     def schedule(self, now: float, busy: dict[str, Launch]) -> Sequence[Launch]:
         if busy:
             return []
-        if self._batch_room() > 0:
-            self.admit_waiting(now, self.config.max_prefill_tokens, self._batch_room())
-        chunks = self.prefill_chunks(self.prefilling, max(self.config.max_prefill_tokens,
-                                                          max((s.remaining_prefill for s in self.prefilling), default=0)))
-        if chunks:
-            return [self.prefill_launch(chunks, self.config.num_sms, DECODE)]
-        batch = self.decode_batch(now)
-        return [self.decode_launch(batch, self.config.num_sms)] if batch else []
+        for _ in range(2):  # again when growing the decode batch emptied it (preempted or rejected): KV freed
+            if self._batch_room() > 0:
+                self.admit_waiting(now, self.config.max_prefill_tokens, self._batch_room())
+            chunks = self.prefill_chunks(self.prefilling, max(self.config.max_prefill_tokens,
+                                                              max((s.remaining_prefill for s in self.prefilling), default=0)))
+            if chunks:
+                return [self.prefill_launch(chunks, self.config.num_sms, DECODE)]
+            batch = self.decode_batch(now)
+            if batch:
+                return [self.decode_launch(batch, self.config.num_sms)]
+        return []
 
 
 class StaticSplit(SchedulerCore):
@@ -118,8 +121,10 @@ class TemporalSplit(SchedulerCore):
         launch = self._prefill_group(now)
         if launch is None:
             batch = self.decode_batch(now)
-            return [self.decode_launch(batch, self.config.num_sms)] if batch else []
-        return [launch]
+            if batch:
+                return [self.decode_launch(batch, self.config.num_sms)]
+            launch = self._prefill_group(now)  # growing the batch emptied it (preempted or rejected): KV freed
+        return [launch] if launch is not None else []
 
     def _idle_prefills(self) -> bool:
         return any(not s.in_flight for s in self.prefilling)
