@@ -46,8 +46,10 @@ SEED = typer.Option(0, "--seed", help="seed of every random step (bucket spreadi
 MAX_REQUESTS = typer.Option(None, "--max-requests", help="keep only the first N requests of the trace")
 OPTION = typer.Option([], "--option", help="policy option key=value (int/float/bool/str), repeatable, e.g. "
                       "token_budget=1024; prefix with a policy name (chunked.token_budget=1024) to target one policy")
+ORACLE_ABLATION = "oracle_output_len"
 ABLATION = typer.Option([], "--ablation", help="yoda ablation, repeatable: no_layerwise, no_query_merge, "
-                        "no_guard, static_partition or no_preemption (yoda.gang_scheduler.ABLATIONS)")
+                        "no_guard, static_partition or no_preemption (yoda.gang_scheduler.ABLATIONS); and for "
+                        "any policy oracle_output_len (decisions read true output lengths)")
 NO_CONTENTION = typer.Option(False, "--no-contention", help="lanes do not slow each other down")
 SKIP_BAD = typer.Option(False, "--skip-bad", help="skip malformed trace lines instead of failing")
 JSON_OUT = typer.Option(False, "--json", help="print the results as one JSON object on stdout, nothing else")
@@ -146,10 +148,13 @@ def make_config(flags: dict, policy: str | None = None, strict: bool = True):
         raise ValueError(f"--tp must be >= 1, got {flags['tp']}")
     slo = SLO(ttft_ms=flags["slo_ttft_ms"], tbt_ms=flags["slo_tbt_ms"],
               ttft_ms_per_token=flags["slo_ttft_ms_per_token"])
+    # oracle_output_len (any policy): decisions read true output lengths, which no server knows
+    ablations = [a for a in flags["ablation"] if a != ORACLE_ABLATION]
     cfg = SimConfig(policy=policy, gpu=flags["gpu"], model=flags["model"], tp=flags["tp"],
                     num_instances=flags["instances"], num_prefill_instances=flags["prefill_instances"],
                     dispatcher=flags["dispatcher"], latency=flags["latency"], contention=not flags["no_contention"],
-                    slo=slo, policy_options=policy_options(policy, flags["option"], flags["ablation"], strict))
+                    slo=slo, policy_options=policy_options(policy, flags["option"], ablations, strict),
+                    output_len_oracle=len(ablations) < len(flags["ablation"]))
     try:
         build(cfg, simpy.Environment())
     except TypeError as e:  # a policy constructor refused an option

@@ -57,3 +57,19 @@ def test_goodput_search_follows_the_chosen_tbt_definition():
     assert set(CRITERIA) >= {"fleet", "per_request", "strict", "attainment"}
     with pytest.raises(ValueError, match="criterion"):
         search_goodput(run, SLO_50, 1.0, criterion="nope")
+
+
+def test_goodput_reports_the_offered_rate_of_its_steady_window():
+    # 50 requests 1/rate apart: the steady window's offered rate is the knob; stalls above 4 req/s
+    def run(rate: float):
+        out = fleet(num_stalled=0, num=50) if rate <= 4.0 else fleet(num_stalled=50, num=50)
+        for i, r in enumerate(out):
+            shift = i / rate - r.arrival_at
+            r.arrival_at += shift
+            r.token_at = [t + shift for t in r.token_at]
+            r.finished_at += shift
+        return out
+    found = search_goodput(run, SLO_50, 1.0, criterion="strict")
+    assert 3.5 < found.goodput_rps <= 4.0
+    assert found.goodput_offered_rps == pytest.approx(found.goodput_rps)
+    assert all("offered_rate_steady" in p for p in found.probes)

@@ -166,6 +166,16 @@ def test_offered_rate_on_session_traces_follows_the_requested_rate(trace) -> Non
     assert offered[80.0] >= 3.5 * offered[20.0]
 
 
+def test_simulate_json_writes_requested_beside_offered_rate() -> None:
+    res = _json(["simulate", "--policy", "chunked", "--trace", "synthetic:sharegpt:40", "--rate", "3", "--json"])
+    assert res["requested_rate"] == 3.0
+    assert res["offered_rate"] == pytest.approx(3.0) and res["offered_rate_steady"] > 0
+    assert res["config"]["output_len_oracle"] is False
+    oracle = _json(["simulate", "--policy", "chunked", "--trace", "synthetic:sharegpt:40", "--rate", "3",
+                    "--ablation", "oracle_output_len", "--json"])
+    assert oracle["config"]["output_len_oracle"] is True
+
+
 def test_synthetic_workloads() -> None:
     requests, desc = load_workload("synthetic:system_prompt:30", rate=4.0)
     assert len(requests) == 30 and desc["format"] == "synthetic"
