@@ -97,7 +97,7 @@ def _goodput_row(cell: dict) -> dict:
 
 
 def search(requests, desc: dict, cfg, replay: str = "original", cv: float = 1.0, seed: int = 0,
-           start_rps: float | None = None, criterion: str = "fleet", max_probes: int = 20,
+           start_rps: float | None = None, criterion: str = "strict", max_probes: int = 20,
            on_probe: Callable[[float, dict], None] | None = None):
     """search_goodput over re-timings of `requests` (from sim.workloads.load_base); the same seed at
     every probe, so the search is deterministic. Starts at the trace's own rate unless `start_rps`."""

@@ -53,7 +53,7 @@ CRITERIA: dict[str, Callable[[dict], bool]] = {
 }
 
 
-def search_goodput(run: RunAtRate, slo: SLO, start_rps: float, *, criterion: str = "fleet",
+def search_goodput(run: RunAtRate, slo: SLO, start_rps: float, *, criterion: str = "strict",
                    rel_tol: float = 0.03, max_probes: int = 20,
                    on_probe: Callable[[float, dict], None] | None = None) -> GoodputResult:
     """Bracket the goodput by doubling/halving from `start_rps`, then bisect to `rel_tol`."""
