@@ -14,7 +14,7 @@ from yoda.request import SLO, RequestRecord
 PERCENTILES = (50, 90, 99)
 
 
-def _summary(name: str, values_s: Sequence[float]) -> dict[str, float]:
+def _summary(name: str, values_s: Sequence[float] | np.ndarray) -> dict[str, float]:
     out: dict[str, float] = {}
     arr = np.asarray(values_s, dtype=float) * 1000.0
     if arr.size == 0:
