@@ -288,6 +288,7 @@ def _probe_line(rate: float, m: dict, criterion: str) -> str:
     ok = CRITERIA[criterion](m)
     return (f"probe {rate:8.3f} req/s  P99 TTFT/target {v(m['slo_ttft_ratio_at_percentile'], 2):>6}  "
             f"P99 TBT {v(m['slo_tbt_at_percentile_ms']):>7} ms  attainment {m['slo_attainment']:6.1%}  "
+            f"per-request TBT {m['slo_attainment_per_request_tbt']:6.1%}  offered {m['offered_rate_steady']:7.3f}  "
             f"served {m['request_throughput']:7.3f} req/s  " + ("[green]ok[/]" if ok else "[red]miss[/]"))
 
 

@@ -282,6 +282,7 @@ def summary_table(res: dict, title: str):
         ("SLO", f"TTFT {res['slo_ttft_ms']:g} ms (or {res['slo_ttft_ms_per_token']:g} ms/token), "
                 f"TBT {res['slo_tbt_ms']:g} ms, {pct}"),
         ("SLO attainment (TTFT and TPOT)", f"{res['slo_attainment']:.1%}"),
+        (f"SLO attainment (TTFT and each request's {pct} gap)", f"{res['slo_attainment_per_request_tbt']:.1%}"),
         ("fleet SLO met", f"{v(res['fleet_slo_met'])} ({pct} TTFT/target {v(res['slo_ttft_ratio_at_percentile'], 2)}, "
                           f"{pct} TBT {v(res['slo_tbt_at_percentile_ms'])} ms)"),
         ("KV reuse", f"{res['kv_reuse_fraction']:.1%} of prompt tokens"),
