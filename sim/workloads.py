@@ -143,7 +143,7 @@ def retime(requests: list[Request], desc: dict, rate: float | None = None, scale
         out, how = requests, "original times"
     elif sessioned:
         if replay == "gamma" and cv != 1.0:
-            raise WorkloadError("session traces are re-timed with Poisson session starts; --replay gamma "
+            raise WorkloadError("session traces are re-timed by scaling their whole timeline; --replay gamma "
                                 "with --cv != 1 is not supported for them")
         base, how = requests, "whole timeline scaled (session starts and think times)"
         if replay == "poisson" and own_rps:
