@@ -38,6 +38,7 @@ class Cluster:
         self.prefill = [g for g in self.instances if getattr(g.scheduler, "role", None) != "decode"]
         self.decode = [g for g in self.instances if getattr(g.scheduler, "role", None) == "decode"]
         self._link_free_at: dict[int, float] = {}
+        self._inbound: dict[int, int] = {}  # decode instance -> requests whose KV is on its way there
         self.num_transfers = 0
         self.transferred_bytes = 0.0
         self._tmp_ids = -1
@@ -66,28 +67,52 @@ class Cluster:
         target.submit(request)
 
     # ---- disaggregation -------------------------------------------------------------------------------
-    def _handoff(self, state: RequestState, now: float, prefill_started_at: float | None = None) -> None:
-        dst = min(self.decode, key=lambda g: (len(g.scheduler.states), self.decode.index(g)))
-        # only the blocks the decode instance does not hold already move (a shared document, an earlier turn)
-        cached = dst.scheduler.kv.match_prefix(state.chain) * dst.scheduler.config.block_size
-        num_bytes = max(state.context_len - 1 - cached, 0) * self.kv_bytes_per_token
-        produced_from = prefill_started_at if self.stream_layers else None
-        self.env.timeout(self._reserve_link(dst, num_bytes, produced_from)).callbacks.append(
-            lambda _e: (dst.scheduler.receive(state, self.env.now), dst.kick()))
+    def _handoff(self, states: list[RequestState], now: float, prefill_started_at: list[float]) -> None:
+        """Move the KV of requests whose prefill ended together to decode instances; transfers to one
+        destination share the link side by side (each gets an equal share of the bandwidth)."""
+        by_dst: dict[GpuInstance, list[tuple[RequestState, float]]] = {}
+        for state, started_at in zip(states, prefill_started_at):
+            # the least loaded decode instance, counting the requests already on their way to it
+            dst = min(self.decode, key=lambda g: (len(g.scheduler.states) + self._inbound.get(g.index, 0), g.index))
+            self._inbound[dst.index] = self._inbound.get(dst.index, 0) + 1
+            by_dst.setdefault(dst, []).append((state, started_at))
+        for dst, group in by_dst.items():
+            # only the blocks the decode instance does not hold already move (a shared document, an earlier turn)
+            sizes = [self._bytes_to_move(dst, state) for state, _ in group]
+            produced_from = min(at for _, at in group) if self.stream_layers else None
+            for (state, _), delay in zip(group, self._reserve_link(dst, sizes, produced_from)):
+                self.env.timeout(delay).callbacks.append(lambda _e, s=state, d=dst: self._arrive(s, d))
 
-    def _reserve_link(self, dst: GpuInstance, num_bytes: float, produced_from: float | None = None) -> float:
-        """Delay until a transfer to `dst` completes, queueing behind earlier transfers to it. With
-        `produced_from` the KV streamed while it was computed (from then until now): the link carried it
-        from then on, but the last layer's share can leave only now."""
+    def _bytes_to_move(self, dst: GpuInstance, state: RequestState) -> float:
+        cached = dst.scheduler.kv.match_prefix(state.chain) * dst.scheduler.config.block_size
+        return max(state.context_len - 1 - cached, 0) * self.kv_bytes_per_token
+
+    def _arrive(self, state: RequestState, dst: GpuInstance) -> None:
+        self._inbound[dst.index] -= 1
+        dst.scheduler.receive(state, self.env.now)
+        dst.kick()
+
+    def _reserve_link(self, dst: GpuInstance, sizes: Sequence[float], produced_from: float | None = None) -> list[float]:
+        """Delays until each of several transfers to `dst` that start together completes. They queue behind
+        earlier transfers to `dst` and then share the link fairly (processor sharing: the smallest ends
+        first, when every flow has sent that much). With `produced_from` the KV streamed while it was
+        computed (from then until now): the link carried it from then on, but the last layer's share can
+        leave only now."""
         now = self.env.now
         start = max(now if produced_from is None else min(produced_from, now), self._link_free_at.get(dst.index, 0.0))
-        done = start + self.link.transfer_s(num_bytes)
-        if produced_from is not None:
-            done = max(done, now + self.link.transfer_s(num_bytes / self.stream_layers))
-        self._link_free_at[dst.index] = done
-        self.num_transfers += 1
-        self.transferred_bytes += num_bytes
-        return done - self.env.now
+        bandwidth = self.link.bandwidth_gbps * 1e9
+        done = [0.0] * len(sizes)
+        sent = 0.0  # bytes of the flows already finished
+        order = sorted(range(len(sizes)), key=lambda k: sizes[k])
+        for rank, k in enumerate(order):
+            done[k] = start + self.link.latency_s + (sent + (len(sizes) - rank) * sizes[k]) / bandwidth
+            sent += sizes[k]
+            if produced_from is not None:
+                done[k] = max(done[k], now + self.link.transfer_s(sizes[k] / self.stream_layers))
+        self._link_free_at[dst.index] = max(done, default=start)
+        self.num_transfers += len(sizes)
+        self.transferred_bytes += sum(sizes)
+        return [d - now for d in done]
 
     def _move_back(self, request: Request, target: GpuInstance) -> float:
         """Copy a longer cached prefix from a decode instance into the prefill instance's cache."""
@@ -101,7 +126,7 @@ class Cluster:
         self._tmp_ids -= 1
         if not sched.install_prefix(chain[:remote], tokens, self._tmp_ids):
             return 0.0
-        return self._reserve_link(target, (remote - local) * sched.config.block_size * self.kv_bytes_per_token)
+        return self._reserve_link(target, [(remote - local) * sched.config.block_size * self.kv_bytes_per_token])[0]
 
     def records(self):
         out = [r for g in self.prefill for r in g.scheduler.records]

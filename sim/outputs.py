@@ -270,6 +270,9 @@ def summary_table(res: dict, title: str):
 
     v, pct = format_value, f"P{res['slo_percentile']:g}"
     rows = [("requests", v(res["num_requests"])), ("completed", v(res["completed"])), ("rejected", v(res["rejected"])),
+            ("load: requested / offered (steady window)",
+             f"{v(res.get('requested_rate'), 3)} / {v(res['offered_rate'], 3)} "
+             f"({v(res.get('offered_rate_steady'), 3)}) req/s"),
             ("throughput", f"{v(res['request_throughput'], 3)} req/s, {v(res['output_throughput'], 0)} output tok/s")]
     for name, key in (("TTFT", "ttft"), ("TBT", "tbt"), ("TPOT", "tpot"), ("E2E", "e2el")):
         values = " / ".join(format_ms(res[f"{stat}_{key}_ms"]) for stat in ("mean", "p50", "p90", "p99"))
@@ -279,6 +282,7 @@ def summary_table(res: dict, title: str):
         ("SLO", f"TTFT {res['slo_ttft_ms']:g} ms (or {res['slo_ttft_ms_per_token']:g} ms/token), "
                 f"TBT {res['slo_tbt_ms']:g} ms, {pct}"),
         ("SLO attainment (TTFT and TPOT)", f"{res['slo_attainment']:.1%}"),
+        (f"SLO attainment (TTFT and each request's {pct} gap)", f"{res['slo_attainment_per_request_tbt']:.1%}"),
         ("fleet SLO met", f"{v(res['fleet_slo_met'])} ({pct} TTFT/target {v(res['slo_ttft_ratio_at_percentile'], 2)}, "
                           f"{pct} TBT {v(res['slo_tbt_at_percentile_ms'])} ms)"),
         ("KV reuse", f"{res['kv_reuse_fraction']:.1%} of prompt tokens"),

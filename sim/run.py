@@ -56,6 +56,7 @@ class SimConfig:
     check_every: int = 0  # run scheduler invariant checks every N launches (0: never)
     record_timeline: bool = True
     max_decode_steps: int = 64  # decode steps one simulated event may cover when nothing else is pending
+    output_len_oracle: bool = False  # ablation: policies read true output lengths (yoda.output_predictor)
 
     def __post_init__(self) -> None:
         if self.policy not in policy_names():
@@ -125,7 +126,8 @@ def build(cfg: SimConfig, env: simpy.Environment, block_size: int = 16, only: in
     contention = ContentionModel.for_mode(cfg.contention_mode) if cfg.contention else NoContention()
     kv_blocks = cfg.kv_blocks or kv_capacity_blocks(model, gpu, block_size)
     sched_cfg = SchedulerConfig(num_sms=gpu.num_sms, num_layers=model.num_layers, kv_blocks=kv_blocks,
-                                block_size=block_size, max_batch=cfg.max_batch)
+                                block_size=block_size, max_batch=cfg.max_batch,
+                                output_len_oracle=cfg.output_len_oracle)
     menu = PartitionMenu(gpu.num_sms, cfg.policy_options.get("granularity", 8), cfg.policy_options.get("step_sms", 16))
     key = (cfg.latency, cfg.contention, cfg.contention_mode, cfg.gpu, cfg.model, cfg.tp, menu, cfg.estimator_noise,
            cfg.estimator_optimism)

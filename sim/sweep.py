@@ -77,7 +77,8 @@ def _rate_row(cell: dict) -> dict:
 
     requests, desc = load_workload(**cell["workload"], rate=cell["rate_rps"])
     result = simulate(requests, config_from_dict(cell["config"]))
-    return {"achieved_rate_rps": desc["mean_rate_rps"], **{k: result.metrics[k] for k in ROW_METRICS},
+    return {"achieved_rate_rps": desc["mean_rate_rps"], "requested_rate": desc.get("target_rate_rps"),
+            "offered_rate": result.metrics["offered_rate"], **{k: result.metrics[k] for k in ROW_METRICS},
             "sim_wall_s": result.wall_s}
 
 
@@ -90,12 +91,13 @@ def _goodput_row(cell: dict) -> dict:
     settings = cell["goodput"]
     found = search(requests, desc, config_from_dict(cell["config"]), replay=w.get("replay", "original"),
                    cv=w.get("cv", 1.0), seed=w.get("seed", 0), **settings)
-    return {"goodput_rps": found.goodput_rps, "criterion": found.criterion, "num_probes": len(found.probes),
+    return {"goodput_rps": found.goodput_rps, "goodput_offered_rps": found.goodput_offered_rps,
+            "criterion": found.criterion, "num_probes": len(found.probes),
             "probes": found.probes}
 
 
 def search(requests, desc: dict, cfg, replay: str = "original", cv: float = 1.0, seed: int = 0,
-           start_rps: float | None = None, criterion: str = "fleet", max_probes: int = 20,
+           start_rps: float | None = None, criterion: str = "strict", max_probes: int = 20,
            on_probe: Callable[[float, dict], None] | None = None):
     """search_goodput over re-timings of `requests` (from sim.workloads.load_base); the same seed at
     every probe, so the search is deterministic. Starts at the trace's own rate unless `start_rps`."""

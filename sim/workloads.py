@@ -6,9 +6,13 @@
 
 Re-timing rules (every random step is seeded by `seed`):
 - Mooncake timestamps come in ~3 s buckets; they are spread uniformly over their bucket first.
-- Traces whose sessions have several turns (agent traces, synthetic sharegpt/loogle): with a rate, the
-  sessions start at Poisson times and keep their own gaps between turns (`overlap_sessions`); the session
-  start rate is the request rate divided by the mean number of turns per session.
+- Traces whose sessions have several turns (agent traces, synthetic sharegpt/loogle): a rate scales the
+  whole load. The trace's timeline (session starts and the think times between turns alike) is stretched
+  or compressed by one factor so that the mean request rate over the whole trace is the rate asked for:
+  `offered_rate` == `requested_rate`, whatever the session lengths. (Moving only session starts, as before,
+  left long sessions' tails spread out: `synthetic:sharegpt:2000` at 5 / 20 / 80 req/s offered 4.3 / 10.8 /
+  13.6.) Think times shrink at rates above the trace's own, as when more, faster users share the service;
+  `poisson` first draws fresh Poisson session starts at the trace's own session rate, then scales.
 - Other traces: `original` keeps the arrival shape (burstiness) and rescales its gaps to the rate;
   `poisson` and `gamma` (gap CV `cv`) draw new arrival times at that rate.
 `--scale X` means a rate of X times the trace's own mean rate. Times start at 0.
@@ -139,11 +143,16 @@ def retime(requests: list[Request], desc: dict, rate: float | None = None, scale
         out, how = requests, "original times"
     elif sessioned:
         if replay == "gamma" and cv != 1.0:
-            raise WorkloadError("session traces are re-timed with Poisson session starts; --replay gamma "
+            raise WorkloadError("session traces are re-timed by scaling their whole timeline; --replay gamma "
                                 "with --cv != 1 is not supported for them")
-        session_rate = target * _num_units(requests) / len(requests)
-        out = traces.overlap_sessions(requests, session_rate, rng=seed)
-        how = f"sessions at Poisson starts ({session_rate:.4g} sessions/s), turn gaps kept"
+        base, how = requests, "whole timeline scaled (session starts and think times)"
+        if replay == "poisson" and own_rps:
+            base = traces.overlap_sessions(requests, own_rps * _num_units(requests) / len(requests), rng=seed)
+            how = "Poisson session starts, then " + how
+        try:
+            out = traces.rescale_to_rate(base, target)
+        except ValueError as e:
+            raise WorkloadError(str(e)) from None
     elif replay == "original":
         try:
             out = traces.rescale_to_rate(requests, target)

@@ -19,6 +19,7 @@ from yoda.scheduler import PrefillJob, SchedulerConfig, SchedulerCore
 
 
 class ChunkedPrefill(SchedulerCore):
+    victim_includes_requester = True  # vLLM v1 / Sarathi: preempt the newest running request
     def __init__(self, config: SchedulerConfig, slo: SLO, token_budget: int = 512) -> None:
         super().__init__(config, slo)
         if token_budget < 1:
@@ -32,8 +33,8 @@ class ChunkedPrefill(SchedulerCore):
         budget = self.token_budget - len(batch)
         chunks = self.prefill_chunks(self.prefilling, budget)
         budget -= sum(c.num_new for c in chunks)
-        if budget > 0 and len(batch) + len(self.prefilling) < self.config.max_batch:
-            chunks += self.prefill_chunks(self.admit_waiting(now, budget), budget)
+        if budget > 0 and self._batch_room() > 0:
+            chunks += self.prefill_chunks(self.admit_waiting(now, budget, self._batch_room()), budget)
         if not batch and not chunks:
             return []
         if not chunks:
@@ -56,17 +57,21 @@ class ChunkedPrefill(SchedulerCore):
 
 
 class PrefillFirst(SchedulerCore):
+    victim_includes_requester = True  # vLLM v0: preempt the newest running request
     def schedule(self, now: float, busy: dict[str, Launch]) -> Sequence[Launch]:
         if busy:
             return []
-        if len(self.decoding) + len(self.ready) < self.config.max_batch:
-            self.admit_waiting(now, self.config.max_prefill_tokens)
-        chunks = self.prefill_chunks(self.prefilling, max(self.config.max_prefill_tokens,
-                                                          max((s.remaining_prefill for s in self.prefilling), default=0)))
-        if chunks:
-            return [self.prefill_launch(chunks, self.config.num_sms, DECODE)]
-        batch = self.decode_batch(now)
-        return [self.decode_launch(batch, self.config.num_sms)] if batch else []
+        for _ in range(2):  # again when growing the decode batch emptied it (preempted or rejected): KV freed
+            if self._batch_room() > 0:
+                self.admit_waiting(now, self.config.max_prefill_tokens, self._batch_room())
+            chunks = self.prefill_chunks(self.prefilling, max(self.config.max_prefill_tokens,
+                                                              max((s.remaining_prefill for s in self.prefilling), default=0)))
+            if chunks:
+                return [self.prefill_launch(chunks, self.config.num_sms, DECODE)]
+            batch = self.decode_batch(now)
+            if batch:
+                return [self.decode_launch(batch, self.config.num_sms)]
+        return []
 
 
 class StaticSplit(SchedulerCore):
@@ -87,8 +92,8 @@ class StaticSplit(SchedulerCore):
             launches.append(self.decode_launch(batch, self.decode_sms))
         chunks = self.prefill_chunks(self.prefilling, self.chunk_tokens)
         budget = self.chunk_tokens - sum(c.num_new for c in chunks)
-        if budget > 0 and len(self.decoding) + len(self.prefilling) < self.config.max_batch:
-            chunks += self.prefill_chunks(self.admit_waiting(now, budget), budget)
+        if budget > 0 and self._batch_room() > 0:
+            chunks += self.prefill_chunks(self.admit_waiting(now, budget, self._batch_room()), budget)
         if chunks:
             sms = self.config.num_sms - self.decode_sms if batch else self.config.num_sms
             launches.append(self.prefill_launch(chunks, sms, PREFILL))
@@ -116,16 +121,18 @@ class TemporalSplit(SchedulerCore):
         launch = self._prefill_group(now)
         if launch is None:
             batch = self.decode_batch(now)
-            return [self.decode_launch(batch, self.config.num_sms)] if batch else []
-        return [launch]
+            if batch:
+                return [self.decode_launch(batch, self.config.num_sms)]
+            launch = self._prefill_group(now)  # growing the batch emptied it (preempted or rejected): KV freed
+        return [launch] if launch is not None else []
 
     def _idle_prefills(self) -> bool:
         return any(not s.in_flight for s in self.prefilling)
 
     def _prefill_group(self, now: float) -> Launch | None:
         if self.job is None:
-            if len(self.decoding) + len(self.prefilling) < self.config.max_batch:
-                self.admit_waiting(now, self.config.max_prefill_tokens)
+            if self._batch_room() > 0:
+                self.admit_waiting(now, self.config.max_prefill_tokens, self._batch_room())
             chunks = self.prefill_chunks(self.prefilling, self.config.max_prefill_tokens)
             if not chunks:
                 return None

@@ -1,8 +1,10 @@
 """PD disaggregation (DistServe / SGLang-PD / Mooncake): prefill and decode on different instances.
 
-A prefill instance runs prompt batches on its whole GPU; when a prefill completes it emits the first token
-and hands the request to the cluster, which moves its KV over the link to a decode instance. A decode
-instance runs decode steps on its whole GPU; a request it must preempt is recomputed there.
+A prefill instance runs prompt batches on its whole GPU; when a prefill completes it computes the first
+token and hands the whole batch to the cluster, which moves its KV over the link to a decode instance. The
+user sees that first token only when the decode instance has the KV and admits the request (SGLang PD,
+vLLM's disaggregated connectors and Mooncake stream every token from the decode side), so TTFT is stamped
+then. A decode instance runs decode steps on its whole GPU; a request it must preempt is recomputed there.
 Multi-turn follow-ups: the prefill instance reuses what its own cache holds; the cluster may first move
 a longer matching prefix back from a decode instance (`kv_return="move"`) or recompute it ("recompute").
 """
@@ -15,8 +17,9 @@ from yoda.baselines import PrefillFirst
 from yoda.request import SLO
 from yoda.scheduler import RequestState, SchedulerConfig, SchedulerCore
 
-# (request, now, when its prompt's first chunk started): the cluster moves its KV to a decode instance
-Handoff = Callable[[RequestState, float, float], None]
+# (requests whose prefill ended together, now, when each prompt's first chunk started): the cluster moves
+# their KV to decode instances
+Handoff = Callable[[list[RequestState], float, list[float]], None]
 
 
 class DisaggPrefill(SchedulerCore):
@@ -38,14 +41,16 @@ class DisaggPrefill(SchedulerCore):
 
     def _advance_prefill(self, launch: Launch, now: float) -> None:
         super()._advance_prefill(launch, now)
+        if not self.ready:
+            return
+        if self.handoff is None:
+            raise RuntimeError("prefill instance has no handoff target")
         for state in self.ready:
             self.kv.free(state.id)  # committed prompt blocks stay cached here for later turns
             state.admitted = False
             del self.states[state.id]
-            if self.handoff is None:
-                raise RuntimeError("prefill instance has no handoff target")
-            self.handoff(state, now, self.prefill_started_at.pop(state.id, now))
-        self.ready.clear()
+        batch, self.ready = self.ready, []
+        self.handoff(batch, now, [self.prefill_started_at.pop(s.id, now) for s in batch])
 
     def install_prefix(self, chain: list[int], num_tokens: int, tmp_id: int) -> bool:
         """Cache KV blocks moved back from a decode instance so the next prefill reuses them."""
@@ -75,21 +80,25 @@ class DisaggDecode(PrefillFirst):
     def schedule(self, now: float, busy: dict[str, Launch]) -> Sequence[Launch]:
         if busy:
             return []
-        self._place_incoming()
+        self._place_incoming(now)
         return super().schedule(now, busy)
 
-    def _place_incoming(self) -> None:
-        while self.incoming:
+    def _place_incoming(self, now: float) -> None:
+        """Admit arrived requests FCFS while the batch cap and free KV (counting the blocks this GPU already
+        caches for their prefix) allow; the user gets the first token at admission."""
+        while self.incoming and self._batch_room() > 0:
             state = self.incoming[0]
             tokens = state.context_len - 1  # KV of prompt and generated tokens but the last one
             keep = int(self.config.watermark * self.config.kv_blocks) if self.kv.num_used_blocks else 0
-            if self.kv.blocks_for(tokens) + keep > self.kv.num_free_blocks:
+            if not self.kv.can_allocate(tokens + keep * self.config.block_size, state.chain):
                 return
             self.kv.allocate(state.id, tokens, state.chain)
             self.kv.commit(state.id, state.request.prompt_len)
             state.admitted = True
             state.order = self._order
             self._order += 1
+            if state.generated_base == 1 and len(state.record.token_at) == 1:
+                state.record.token_at[0] = now  # the first token reaches the user from here
             self.ready.append(self.incoming.pop(0))
 
     def has_work(self) -> bool:

@@ -5,7 +5,7 @@
 - slo_aware (ours): the best predicted TTFT counting the KV the request can reuse on each instance
   (so a multi-turn follow-up goes back to the instance holding its session's prefix unless that instance
   is much busier), queued prefill work, decode load and free KV. Instances that would need to preempt or
-  cannot hold the request are avoided.
+  cannot hold the request (its prompt and its predicted output, yoda.output_predictor) are avoided.
 """
 from __future__ import annotations
 
@@ -61,7 +61,9 @@ class SloAware:
             estimate = getattr(s, "estimate_prefill_s", None)
             cost = estimate(queued, reuse) if estimate else float(queued)
             cost += (estimate(self.decode_token_weight, 0) if estimate else self.decode_token_weight) * len(s.decoding) / 64
-            need = s.kv.blocks_for(request.prompt_len + request.output_len - reuse)
+            # the output length is predicted (session history, running mean): no server knows it
+            predicted = s.predict_output_len(request) if hasattr(s, "predict_output_len") else 0
+            need = s.kv.blocks_for(request.prompt_len + predicted - reuse)
             if need > s.kv.num_free_blocks:
                 cost *= 4  # would preempt or queue for memory
             if cost < best_cost:

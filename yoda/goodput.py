@@ -19,6 +19,9 @@ class GoodputResult:
     goodput_rps: float
     criterion: str
     probes: list[dict] = field(default_factory=list)  # every rate tried with its metrics summary
+    # the load the goodput rate offered: arrivals per second over the run's steady window (the rate knob
+    # moves it; on a session trace the two differ by the ramps)
+    goodput_offered_rps: float = 0.0
 
 
 def fleet_ok(metrics: dict) -> bool:
@@ -32,20 +35,41 @@ def attainment_ok(metrics: dict, threshold: float = 0.9) -> bool:
     return metrics["slo_attainment"] >= threshold and metrics["rejected"] == 0 and bool(metrics.get("stable", True))
 
 
-def search_goodput(run: RunAtRate, slo: SLO, start_rps: float, *, criterion: str = "fleet",
+def per_request_ok(metrics: dict, threshold: float = 0.9) -> bool:
+    """Per-request TBT (DistServe-style): at least `threshold` of requests meet TTFT and have their own P99
+    gap within the TBT target; nothing rejected, system stable."""
+    return (metrics["slo_attainment_per_request_tbt"] >= threshold and metrics["rejected"] == 0
+            and bool(metrics.get("stable", True)))
+
+
+def strict_ok(metrics: dict) -> bool:
+    """Both TBT definitions: the fleet criterion (pooled gaps, vLLM's ITL) and the per-request one."""
+    return fleet_ok(metrics) and per_request_ok(metrics)
+
+
+# goodput criteria by name; `strict` (both TBT definitions) is the headline
+CRITERIA: dict[str, Callable[[dict], bool]] = {
+    "fleet": fleet_ok, "attainment": attainment_ok, "per_request": per_request_ok, "strict": strict_ok,
+}
+
+
+def search_goodput(run: RunAtRate, slo: SLO, start_rps: float, *, criterion: str = "strict",
                    rel_tol: float = 0.03, max_probes: int = 20,
                    on_probe: Callable[[float, dict], None] | None = None) -> GoodputResult:
     """Bracket the goodput by doubling/halving from `start_rps`, then bisect to `rel_tol`."""
     if start_rps <= 0:
         raise ValueError("start_rps must be positive")
-    ok_fn = fleet_ok if criterion == "fleet" else attainment_ok
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown goodput criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
+    ok_fn = CRITERIA[criterion]
     result = GoodputResult(0.0, criterion)
 
     def probe(rate: float) -> bool:
         metrics = compute_metrics(run(rate), slo)
         ok = ok_fn(metrics)
         result.probes.append({"rate_rps": rate, "ok": ok, **{k: metrics[k] for k in (
-            "slo_ttft_at_percentile_ms", "slo_ttft_ratio_at_percentile", "slo_tbt_at_percentile_ms", "slo_attainment", "completed", "rejected", "e2e_trend")}})
+            "slo_ttft_at_percentile_ms", "slo_ttft_ratio_at_percentile", "slo_tbt_at_percentile_ms", "slo_attainment", "completed", "rejected", "e2e_trend",
+            "slo_attainment_per_request_tbt", "offered_rate", "offered_rate_steady")}})
         if on_probe:
             on_probe(rate, metrics)
         return ok
@@ -72,4 +96,6 @@ def search_goodput(run: RunAtRate, slo: SLO, start_rps: float, *, criterion: str
         else:
             hi = mid
     result.goodput_rps = lo
+    best = [p for p in result.probes if p["ok"] and p["rate_rps"] == lo]
+    result.goodput_offered_rps = best[0]["offered_rate_steady"] if best else 0.0
     return result

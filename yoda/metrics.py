@@ -14,7 +14,7 @@ from yoda.request import SLO, RequestRecord
 PERCENTILES = (50, 90, 99)
 
 
-def _summary(name: str, values_s: Sequence[float]) -> dict[str, float]:
+def _summary(name: str, values_s: Sequence[float] | np.ndarray) -> dict[str, float]:
     out: dict[str, float] = {}
     arr = np.asarray(values_s, dtype=float) * 1000.0
     if arr.size == 0:
@@ -40,6 +40,34 @@ def all_tbt_gaps_s(records: Iterable[RequestRecord]) -> np.ndarray:
     keep = np.ones(flat.size - 1, dtype=bool)
     keep[np.cumsum(lengths)[:-1] - 1] = False  # last token of a request -> first of the next
     return np.diff(flat)[keep]
+
+
+def per_request_tbt_s(records: Sequence[RequestRecord], percentile: float) -> np.ndarray:
+    """Each request's own `percentile` gap between tokens (numpy's linear interpolation), for the requests
+    with at least two tokens, in order: the per-request TBT DistServe-style attainment judges."""
+    multi = [r for r in records if len(r.token_at) > 1]
+    if not multi:
+        return np.zeros(0)
+    gaps = all_tbt_gaps_s(multi)
+    counts = np.fromiter((len(r.token_at) - 1 for r in multi), dtype=np.int64, count=len(multi))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    segment = np.repeat(np.arange(len(multi)), counts)
+    ordered = gaps[np.lexsort((gaps, segment))]  # each request's gaps, sorted, request after request
+    pos = (counts - 1) * (percentile / 100.0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, counts - 1)
+    low, high = ordered[starts + lo], ordered[starts + hi]
+    return low + (high - low) * (pos - lo)
+
+
+def request_tbt_met(records: Sequence[RequestRecord], slo: SLO) -> np.ndarray:
+    """Per record: finished, and its own P-th percentile gap within the TBT target (a one-token request has
+    no gap and meets it)."""
+    met = np.array([r.finished for r in records], dtype=bool)
+    multi = np.array([len(r.token_at) > 1 for r in records], dtype=bool)
+    own = per_request_tbt_s([r for r in records if len(r.token_at) > 1], slo.percentile)
+    met[multi] &= own <= slo.tbt_s
+    return met
 
 
 def request_meets_slo(record: RequestRecord, slo: SLO) -> bool:
@@ -70,9 +98,25 @@ STABLE_THROUGHPUT_RATIO = 0.5
 
 
 def offered_rate(records: Sequence[RequestRecord]) -> float:
+    """Arrivals per second over the whole trace: (n - 1) / span."""
     arrivals = sorted(r.arrival_at for r in records)
     span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
     return (len(arrivals) - 1) / span if span > 0 else float("inf")
+
+
+# The steady window: arrivals from this share of the trace to its complement (by count), leaving out the
+# ramp-up and the tail (session traces start and end with few sessions open).
+STEADY_FROM = 0.1
+
+
+def offered_rate_steady(records: Sequence[RequestRecord]) -> float:
+    """Arrivals per second inside the steady window (the middle 80% of arrivals); the whole trace's rate
+    when it has too few requests to cut."""
+    arrivals = sorted(r.arrival_at for r in records)
+    lo, hi = int(STEADY_FROM * len(arrivals)), int((1 - STEADY_FROM) * len(arrivals)) - 1
+    if hi - lo < 10 or arrivals[hi] <= arrivals[lo]:
+        return offered_rate(records)
+    return (hi - lo) / (arrivals[hi] - arrivals[lo])
 
 
 def compute_metrics(records: Sequence[RequestRecord], slo: SLO) -> dict[str, float | int | bool]:
@@ -97,6 +141,9 @@ def compute_metrics(records: Sequence[RequestRecord], slo: SLO) -> dict[str, flo
     p_tbt = gap_summary.get(f"p{pct}_itl_ms") if gaps.size else 0.0
     if p_tbt is None:  # a percentile the summary does not report
         p_tbt = float(np.percentile(gaps * 1000, pct))
+    tbt_met = request_tbt_met(records, slo)
+    ttft_met = np.array([r.finished and r.ttft_s is not None and r.ttft_s <= slo.ttft_target_s(r.prompt_len)
+                         for r in records], dtype=bool)
     res: dict[str, float | int | bool] = {
         "num_requests": len(records),
         "completed": len(done),
@@ -120,6 +167,10 @@ def compute_metrics(records: Sequence[RequestRecord], slo: SLO) -> dict[str, flo
         "slo_ttft_ratio_at_percentile": p_ttft_ratio,
         "slo_tbt_at_percentile_ms": p_tbt,
         "slo_attainment": sum(request_meets_slo(r, slo) for r in records) / max(len(records), 1),
+        # per-request TBT (DistServe-style): each request's own P-th percentile gap within the target
+        "tbt_attainment": float(tbt_met.mean()) if records else 0.0,
+        "slo_attainment_per_request_tbt": float(np.mean(ttft_met & tbt_met)) if records else 0.0,
+        **_summary("request_tbt", per_request_tbt_s(done, pct)),
         "fleet_slo_met": bool(done) and not rejected and p_ttft_ratio <= 1.0 and p_tbt <= slo.tbt_ms,
         "e2e_trend": e2e_trend(records),
         "num_preemptions": sum(r.num_preemptions for r in records),
@@ -127,6 +178,7 @@ def compute_metrics(records: Sequence[RequestRecord], slo: SLO) -> dict[str, flo
         "kv_reuse_fraction": sum(r.reused_len for r in done) / max(in_tokens, 1),
     }
     res["offered_rate"] = offered_rate(records)
+    res["offered_rate_steady"] = offered_rate_steady(records)
     res["throughput_ratio"] = res["request_throughput"] / res["offered_rate"] if records else 1.0
     res["stable"] = res["e2e_trend"] <= STABLE_E2E_TREND and res["throughput_ratio"] >= STABLE_THROUGHPUT_RATIO
     return res

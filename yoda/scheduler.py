@@ -13,9 +13,11 @@ from typing import Iterable, Sequence
 from yoda.backend import DECODE, Launch, PrefillChunk
 from yoda.decode_runs import MultiStepDecode
 from yoda.kv_cache import KVCache, chain_keys
+from yoda.output_predictor import OutputLenPredictor
 from yoda.request import SLO, Request, RequestRecord
 
-REJECT_TOO_LONG = "prompt and output exceed the whole KV cache"
+REJECT_TOO_LONG = "prompt exceeds the whole KV cache"
+REJECT_KV_EXHAUSTED = "output outgrew the whole KV cache"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,9 @@ class SchedulerConfig:
     max_batch: int = 256  # decode batch cap (largest CUDA-graph batch)
     max_prefill_tokens: int = 16384  # new tokens per prefill launch
     watermark: float = 0.01  # fraction of KV kept free at admission so decodes can grow
+    # ablation: decisions may read each request's true output length (no server can); by default they use
+    # a prediction (yoda.output_predictor) and a request whose output outgrows the cache is rejected then
+    output_len_oracle: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_sms", "num_layers", "kv_blocks", "block_size", "max_batch", "max_prefill_tokens"):
@@ -111,6 +116,7 @@ class SchedulerCore(MultiStepDecode):
         self.decode_in_flight = False
         # Backends that can run several decode steps per launch (the simulator) raise this; 1 = one step.
         self.max_decode_steps = 1
+        self.output_lens = OutputLenPredictor(oracle=config.output_len_oracle)
 
     # True for policies whose prefill launches may span several layers and that re-decide at any layer
     # boundary: a backend may then stop such a launch early at a layer boundary and report the layer_end
@@ -132,7 +138,9 @@ class SchedulerCore(MultiStepDecode):
     def on_arrival(self, request: Request, now: float) -> None:
         record = RequestRecord.for_request(request)
         self.records.append(record)
-        if not self.kv.fits_empty(request.prompt_len + request.output_len):
+        # without the oracle only the prompt is known: a longer output is caught when it outgrows the cache
+        known_len = request.prompt_len + (request.output_len if self.config.output_len_oracle else 0)
+        if not self.kv.fits_empty(known_len):
             record.rejected_reason = REJECT_TOO_LONG
             record.finished_at = now
             return
@@ -188,9 +196,15 @@ class SchedulerCore(MultiStepDecode):
             if state.id in self.states:
                 self.ready.append(state)
 
+    def predict_output_len(self, request: Request) -> int:
+        """Output tokens this scheduler expects of `request` (the true length only under the oracle)."""
+        return self.output_lens.predict(request)
+
     def _finish(self, state: RequestState, now: float) -> None:
         if state.step_clock is not None:
             self._leave_decode(state)
+        if state.record.rejected_reason is None:
+            self.output_lens.observe(state.request, state.num_generated)
         state.record.finished_at = now
         if state.admitted:
             self.kv.free(state.id)
@@ -296,26 +310,35 @@ class SchedulerCore(MultiStepDecode):
             _, _, epoch, state = heapq.heappop(heap)
             if epoch != state.epoch or state.step_clock is None or state.id not in self.states:
                 continue
-            if self._grow(state):
+            if self._grow(state, now):
                 self._push_growth(state)
         if self._batch_dirty:
             self._batch_ids = tuple([s.request.request_id for s in self.decoding])
             self._batch_dirty = False
         return self._batch_ids
 
-    def _grow(self, state: RequestState) -> bool:
+    def _grow(self, state: RequestState, now: float) -> bool:
         if self.kv.has_room(state.id, state.context_len):
             return True
+        if not self.kv.fits_empty(state.context_len):  # a miss of the output prediction no preemption cures
+            state.record.rejected_reason = REJECT_KV_EXHAUSTED
+            self._finish(state, now)
+            return False
         while not self.kv.can_extend(state.id, state.context_len):
-            victim = self._pick_victim(exclude=state)
-            if victim is None:
+            victim = self._pick_victim(exclude=None if self.victim_includes_requester else state)
+            if victim is None or victim is state:
                 self.preempt(state)
                 return False
             self.preempt(victim)
         self.kv.extend(state.id, state.context_len)
         return True
 
-    def _pick_victim(self, exclude: RequestState) -> RequestState | None:
+    # Preemption victim on a KV shortage: the newest admitted request. vLLM (v0 and v1) and Vidur pop the
+    # newest running request even when it is the one asking for a block (it then preempts itself); policies
+    # that set this False spare the requester and take the newest other one.
+    victim_includes_requester = False
+
+    def _pick_victim(self, exclude: RequestState | None) -> RequestState | None:
         candidates = self.prefilling + ([] if self.decode_in_flight else self.decoding)
         idle = [s for s in candidates if not s.in_flight and s is not exclude and s.admitted]
         return max(idle, key=lambda s: s.order, default=None)

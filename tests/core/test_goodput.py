@@ -44,7 +44,7 @@ def test_finds_the_break_rate_within_tolerance(start, rel_tol):
 def test_finds_a_continuous_breaking_point():
     res = search_goodput(ramp_run, SLO_, 1.0, rel_tol=0.01)
     assert BREAK_RPS * 0.99 <= res.goodput_rps <= BREAK_RPS
-    assert res.criterion == "fleet"
+    assert res.criterion == "strict"  # the headline: both TBT definitions
 
 
 def test_search_is_deterministic():

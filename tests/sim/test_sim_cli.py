@@ -145,13 +145,35 @@ def test_scale_and_poisson_replay() -> None:
     assert desc["retimed"] == "poisson arrivals" and 1.0 < desc["mean_rate_rps"] < 4.0
 
 
-def test_agent_sessions_overlap_and_keep_turn_gaps() -> None:
-    original, _ = load_workload(AGENT)
-    overlapped, desc = load_workload(AGENT, rate=2.0)
-    assert desc["num_sessions"] == 20 and "Poisson" in desc["retimed"]
-    assert overlapped[-1].arrival_at < original[-1].arrival_at
+def test_a_rate_scales_a_session_trace_whole_load() -> None:
+    # session starts and think times shrink by one factor: the mean rate is the one asked for
+    original, base = load_workload(AGENT)
+    scaled, desc = load_workload(AGENT, rate=2.0)
+    assert desc["num_sessions"] == 20 and "think times" in desc["retimed"]
+    assert desc["mean_rate_rps"] == pytest.approx(2.0)
+    factor = base["original_rate_rps"] / 2.0
     gaps = {r.request_id: r.think_time_s for r in original}
-    assert all(r.think_time_s == pytest.approx(gaps[r.request_id]) for r in overlapped)
+    assert all(r.think_time_s == pytest.approx(gaps[r.request_id] * factor) for r in scaled)
+
+
+@pytest.mark.parametrize("trace", ["synthetic:sharegpt:400", "synthetic:loogle:100"])
+def test_offered_rate_on_session_traces_follows_the_requested_rate(trace) -> None:
+    offered = {}
+    for rate in (5.0, 20.0, 80.0):
+        requests, desc = load_workload(trace, rate=rate)
+        offered[rate] = desc["mean_rate_rps"]
+        assert offered[rate] == pytest.approx(rate)
+    assert offered[80.0] >= 3.5 * offered[20.0]
+
+
+def test_simulate_json_writes_requested_beside_offered_rate() -> None:
+    res = _json(["simulate", "--policy", "chunked", "--trace", "synthetic:sharegpt:40", "--rate", "3", "--json"])
+    assert res["requested_rate"] == 3.0
+    assert res["offered_rate"] == pytest.approx(3.0) and res["offered_rate_steady"] > 0
+    assert res["config"]["output_len_oracle"] is False
+    oracle = _json(["simulate", "--policy", "chunked", "--trace", "synthetic:sharegpt:40", "--rate", "3",
+                    "--ablation", "oracle_output_len", "--json"])
+    assert oracle["config"]["output_len_oracle"] is True
 
 
 def test_synthetic_workloads() -> None:
