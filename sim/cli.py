@@ -14,13 +14,12 @@ import json
 import os
 import shlex
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any
 
 import typer
-from typer.core import TyperCommand
 
+from sim.cli_errors import OneLineErrors, fail, user_errors
 from yoda.policies import policy_names
 
 LATENCY_HELP = "roofline (analytic), pdmux (paper fits) or a calibration profile directory"
@@ -55,38 +54,14 @@ START_RPS = typer.Option(None, "--start-rps", help="first rate probed (req/s); d
 CRITERION = typer.Option("fleet", "--criterion", help="fleet (P99 TTFT and P99 TBT within targets) or "
                          "attainment (>= 90% of requests meet TTFT and TPOT)")
 MAX_PROBES = typer.Option(20, "--max-probes", help="most simulations the goodput search runs")
+FORCE = typer.Option(False, "--force", help="use a --latency profile measured on another GPU or model (warns)")
+TRUNCATE = typer.Option(False, "--truncate", help="cut requests longer than the model's context to fit it "
+                        "(outputs to half the context, prompts to the rest) instead of refusing the trace")
 
 
-# NOTE: typer >= 0.29 vendors click (typer._click): take its UsageError from a public typer exception
-_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
-
-
-class _OneLineErrors(TyperCommand):
-    """Flag parsing errors (a bad number, a missing option) also end as one `error: ...` line, exit 2."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        ctx.meta["raw_args"] = list(args)  # for the command line recorded in results
-        try:
-            return super().parse_args(ctx, args)
-        except _USAGE_ERROR as e:
-            typer.echo(f"error: {e.format_message()}", err=True)
-            raise typer.Exit(2) from None
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Errors caused by the user's flags or files become one error line."""
-    try:
-        yield
-    except KeyError as e:
-        _fail(str(e.args[0]) if e.args else str(e))
-    except (ValueError, TypeError, OSError) as e:
-        _fail(str(e))
+_OneLineErrors = OneLineErrors  # the names the other CLI modules import from here
+_fail = fail
+_user_errors = user_errors
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -191,6 +166,7 @@ def simulate_cmd(
     workers: int | None = typer.Option(None, "--workers", help="processes for a cluster whose instances never "
                                        "interact (round-robin dispatch, no disagg; same results): one instance "
                                        "each, up to this many at a time (default: CPU count)"),
+    force: bool = FORCE, truncate: bool = TRUNCATE,
     out: Path | None = typer.Option(None, "--out", help="write results.json, requests.parquet, timeline.parquet, "
                                     "latency_cdf.png and timeline.png here"),
     as_json: bool = JSON_OUT,
@@ -199,6 +175,7 @@ def simulate_cmd(
     Default SLO: TTFT 1000 ms or 0.25 ms per prompt token (whichever is larger), TBT 50 ms, at P99."""
     flags = {k: v for k, v in locals().items() if k != "ctx"}
     from sim.outputs import format_value, print_results, results_dict, short_trace, write_results
+    from sim.progress import progress_bar
     from sim.run import simulate
     from sim.workloads import load_workload
 
@@ -206,8 +183,12 @@ def simulate_cmd(
         if workers is not None and workers < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
         cfg = make_config(flags)
+        notes = check_latency(flags)
         requests, desc = load_workload(_trace(flags), fmt, rate, scale, replay, cv, seed, max_requests, skip_bad)
-    result = simulate(requests, cfg, workers=workers or os.cpu_count() or 1)
+        requests, notes[len(notes):] = fit_trace(requests, desc, flags)
+    with progress_bar("simulate", len(requests), "requests", enabled=not as_json) as update:
+        result = simulate(requests, cfg, workers=workers or os.cpu_count() or 1,
+                          progress=lambda sim_s, done: update(done, f"{sim_s:,.0f} simulated s"))
     extra = {"scheduler_counters": scheduler_counters(result), "workload": desc, "command": _command_line(ctx),
              "flags": _jsonable_flags(flags)}
     res = results_dict(result, extra)
@@ -215,8 +196,35 @@ def simulate_cmd(
     if out is not None:
         with _user_errors():
             paths = write_results(out, result, extra)
-    print_results(res, f"{cfg.policy} on {short_trace(desc['trace'])} ({len(requests)} requests, "
-                       f"{format_value(desc['mean_rate_rps'], 3)} req/s)", as_json, paths)
+    print_results(res, f"simulated {cfg.policy} on {cfg.num_instances}x {cfg.gpu}, {cfg.model}: "
+                       f"{short_trace(desc['trace'])} ({len(requests)} requests, "
+                       f"{format_value(desc['mean_rate_rps'], 3)} req/s)", as_json, paths, notes)
+
+
+def check_latency(flags: dict) -> list[str]:
+    """Refuse a --latency profile measured on another GPU or model (CliError); with --force, the warning
+    (also printed on stderr now)."""
+    from sim.guards import check_profile
+
+    if not Path(flags["latency"]).is_dir():
+        return []
+    warning = check_profile(flags["latency"], flags["gpu"], flags["model"], flags.get("force", False))
+    if warning:
+        typer.echo(warning, err=True)
+    return [warning] if warning else []
+
+
+def fit_trace(requests: list, desc: dict, flags: dict) -> tuple[list, list[str]]:
+    """Refuse requests longer than the model's context, or cut them with --truncate (noted in `desc`)."""
+    from sim.guards import fit_context, model_context_len
+
+    context = model_context_len(flags["model"])
+    requests, num_cut = fit_context(requests, context, flags["model"], flags.get("truncate", False))
+    if not num_cut:
+        return requests, []
+    desc["num_truncated"] = num_cut
+    return requests, [f"--truncate: {num_cut} of {len(requests)} requests cut to {flags['model']}'s "
+                      f"{context:,}-token context"]
 
 
 def goodput_cmd(

@@ -76,10 +76,19 @@ def results_dict(result, extra: dict | None = None) -> dict:
     """The results JSON: metrics at the top level (vllm bench style), then config, wall time and `extra`."""
     from dataclasses import asdict
 
-    out = {**result.metrics, "config": asdict(result.config), "wall_s": result.wall_s,
+    out = {**result.metrics, **slo_breakdown(result.records, result.config.slo), "config": asdict(result.config),
+           "wall_s": result.wall_s,
            "sim_end_s": result.sim_end_s,
            "sim_requests_per_wall_s": len(result.records) / max(result.wall_s, 1e-9), **(extra or {})}
     return json_safe(out)
+
+
+def slo_breakdown(records: Sequence[RequestRecord], slo: SLO) -> dict:
+    """Share of requests meeting each SLO on its own (refused and unfinished ones miss both)."""
+    n = max(len(records), 1)
+    ttft = sum(r.finished and r.ttft_s is not None and r.ttft_s <= slo.ttft_target_s(r.prompt_len) for r in records)
+    tpot = sum(r.finished and (r.tpot_s is None or r.tpot_s <= slo.tbt_s) for r in records)
+    return {"slo_ttft_attainment": ttft / n, "slo_tpot_attainment": tpot / n}
 
 
 def write_results(out_dir: str | Path, result, extra: dict | None = None, plots: bool = True) -> dict[str, Path]:
@@ -241,101 +250,6 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-# ---- printed summaries (rich) ---------------------------------------------------------------------
-def format_value(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
-def format_ms(value: float | None) -> str:
-    return format_value(value, 1 if value is not None and value < 100 else 0)
-
-
-def console(stderr: bool = False):
-    """A rich console on stdout (or stderr); piped output is not squeezed into 80 columns."""
-    from rich.console import Console
-
-    out = Console(stderr=stderr)
-    return out if out.is_terminal else Console(stderr=stderr, width=160)
-
-
-def summary_table(res: dict, title: str):
-    """The rich table `yoda simulate` prints from a results dict (sim.outputs.results_dict)."""
-    from rich.table import Table
-
-    v, pct = format_value, f"P{res['slo_percentile']:g}"
-    rows = [("requests", v(res["num_requests"])), ("completed", v(res["completed"])), ("rejected", v(res["rejected"])),
-            ("throughput", f"{v(res['request_throughput'], 3)} req/s, {v(res['output_throughput'], 0)} output tok/s")]
-    for name, key in (("TTFT", "ttft"), ("TBT", "tbt"), ("TPOT", "tpot"), ("E2E", "e2el")):
-        values = " / ".join(format_ms(res[f"{stat}_{key}_ms"]) for stat in ("mean", "p50", "p90", "p99"))
-        rows.append((f"{name} mean / p50 / p90 / p99 (ms)", values))
-    counters = sorted((res.get("scheduler_counters") or {}).items())
-    rows += [
-        ("SLO", f"TTFT {res['slo_ttft_ms']:g} ms (or {res['slo_ttft_ms_per_token']:g} ms/token), "
-                f"TBT {res['slo_tbt_ms']:g} ms, {pct}"),
-        ("SLO attainment (TTFT and TPOT)", f"{res['slo_attainment']:.1%}"),
-        ("fleet SLO met", f"{v(res['fleet_slo_met'])} ({pct} TTFT/target {v(res['slo_ttft_ratio_at_percentile'], 2)}, "
-                          f"{pct} TBT {v(res['slo_tbt_at_percentile_ms'])} ms)"),
-        ("KV reuse", f"{res['kv_reuse_fraction']:.1%} of prompt tokens"),
-        ("preemptions", v(res["num_preemptions"])),
-        *((f"scheduler: {name}", v(count)) for name, count in counters),
-        ("simulated time", f"{v(res['sim_end_s'])} s"),
-        ("wall time", f"{v(res['wall_s'], 2)} s ({v(res['sim_requests_per_wall_s'], 0)} requests / wall s)"),
-    ]
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in rows:
-        table.add_row(name, value)
-    return table
-
-
-def short_trace(trace: str) -> str:
-    return trace if trace.startswith("synthetic:") else Path(trace).name
-
-
-def sweep_table(rows: list[dict], goodput: bool):
-    """The rich table `yoda sweep` prints: one row per cell."""
-    from rich import box
-    from rich.table import Table
-
-    traces = list(dict.fromkeys(short_trace(row["trace"]) for row in rows))
-    table = Table(title=f"sweep ({len(rows)} cells" + (f" on {traces[0]})" if len(traces) == 1 else ")"),
-                  box=box.SIMPLE_HEAD)
-    v = format_value
-    columns = [("TBT SLO", lambda r: f"{r['slo_tbt_ms']:g}")]
-    if goodput:
-        columns += [("goodput", lambda r: v(r["goodput_rps"], 3)), ("probes", lambda r: v(r["num_probes"]))]
-    else:
-        columns += [("rate", lambda r: f"{r['rate_rps']:g}"), ("attain", lambda r: f"{r['slo_attainment']:.0%}"),
-                    ("P99 TTFT", lambda r: v(r["p99_ttft_ms"], 0)), ("P99 TBT", lambda r: v(r["p99_tbt_ms"])),
-                    ("fleet", lambda r: v(r["fleet_slo_met"])), ("rej", lambda r: v(r["rejected"]))]
-    columns.append(("wall s", lambda r: v(r["wall_s"])))
-    table.add_column("policy", no_wrap=True)
-    if len(traces) > 1:
-        table.add_column("trace", max_width=28, no_wrap=True, overflow="ellipsis")
-    for name, _ in columns:
-        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
-    for row in rows:
-        values = [get(row) for _, get in columns] if not row.get("error") else ["[red]failed[/]"]
-        table.add_row(row["policy"], *([short_trace(row["trace"])] if len(traces) > 1 else []), *values)
-    return table
-
-
-def print_results(res: dict, title: str, as_json: bool, paths: dict | None = None, notes: Sequence[str] = ()) -> None:
-    """Show a run's results: with --json the results JSON alone on stdout, else the summary table, any
-    notes, and the files written. Shared by `yoda simulate`, `yoda run` and `yoda bench`."""
-    if as_json:
-        sys.stdout.write(json.dumps(res) + "\n")
-        return
-    stdout = console()
-    stdout.print(summary_table(res, title))
-    for note in notes:
-        stdout.print(note, highlight=False)
-    if paths:
-        stdout.print("wrote " + ", ".join(str(p) for p in paths.values()))
+# ---- printed summaries: sim/summary.py (re-exported for the commands that import them from here) ------
+from sim.summary import (console, format_ms, format_value, print_results, short_trace,  # noqa: E402,F401
+                         summary_table, sweep_table)

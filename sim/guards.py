@@ -1,0 +1,97 @@
+"""Checks that refuse a mismatched run before it starts (each raises CliError with the fix in its message).
+
+    warning = check_profile("prof/h100", gpu="h100", model="llama3-8b", force=False)
+    requests, num_cut = fit_context(requests, context_len=4096, model="tiny", truncate=True)
+    traces = resolve_traces(["traces/data/mooncake_sample.jsonl"])   # absolute paths, readable
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from sim.cli_errors import CliError
+from yoda.request import Request
+
+# max_position_embeddings of the built-in models' public checkpoints (Llama 3.1, Qwen2.5 without YaRN)
+CONTEXT_LEN = {"llama3-8b": 131072, "llama3-70b": 131072, "qwen2.5-7b": 32768, "qwen2.5-32b": 32768, "tiny": 4096}
+
+
+def check_profile(profile: str | Path, gpu: str, model: str, force: bool = False) -> str | None:
+    """A calibration profile used as the simulator's latency source must have been measured on `gpu` with
+    `model`. Mismatch: CliError, or with `force` the warning to print. None when it matches."""
+    meta_path = Path(profile) / "metadata.json"
+    if not meta_path.is_file():
+        return None  # a hand-made table without metadata: nothing to compare
+    meta = json.loads(meta_path.read_text())
+    device = meta.get("device") or {}
+    where = device.get("name") or device.get("type") or "?"
+    measured_model = str(meta.get("model") or "?")
+    wrong = []
+    if device.get("type") == "cpu" or gpu.lower() not in str(device.get("name", "")).lower():
+        wrong.append(f"on {where}, not a {gpu}")
+    if Path(measured_model).name.lower() != Path(model).name.lower():
+        wrong.append(f"with model {measured_model}, not {model}")
+    if not wrong:
+        return None
+    message = f"--latency {profile} was measured {' and '.join(wrong)}"
+    if not force:
+        raise CliError(f"{message}: pass the matching --gpu/--model, another --latency, or --force to use it anyway")
+    return f"warning: {message}; used anyway (--force)"
+
+
+def model_context_len(model: str) -> int | None:
+    """Longest prompt + output the model takes: built-in table, or a config.json's max_position_embeddings."""
+    key = model.lower()
+    if key in CONTEXT_LEN:
+        return CONTEXT_LEN[key]
+    path = Path(model)
+    path = path / "config.json" if path.is_dir() else path
+    try:
+        value = json.loads(path.read_text()).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return None
+    return int(value) if value else None
+
+
+def fit_context(requests: Sequence[Request], context_len: int | None, model: str,
+                truncate: bool = False) -> tuple[list[Request], int]:
+    """Requests whose prompt + output exceed `context_len`: refused (CliError naming --truncate), or with
+    `truncate` cut to fit (outputs to at most half the context, prompts to the rest). Returns the
+    requests and how many were cut."""
+    if context_len is None:
+        return list(requests), 0
+    too_long = [r for r in requests if r.prompt_len + r.output_len > context_len]
+    if not too_long:
+        return list(requests), 0
+    if not truncate:
+        longest = max(r.prompt_len + r.output_len for r in too_long)
+        raise CliError(f"{len(too_long)} of {len(requests)} requests exceed {model}'s {context_len:,}-token context "
+                       f"(longest prompt + output: {longest:,} tokens): pass --truncate to cut them, or another "
+                       f"--trace/--model")
+    return [_cut(r, context_len) if r.prompt_len + r.output_len > context_len else r for r in requests], len(too_long)
+
+
+def _cut(r: Request, context_len: int) -> Request:
+    output_len = min(r.output_len, context_len // 2)
+    prompt_len = min(r.prompt_len, context_len - output_len)
+    hashes = r.block_hashes[:-(-prompt_len // r.hash_block_size)] if r.block_hashes else r.block_hashes
+    return dataclasses.replace(r, prompt_len=prompt_len, output_len=output_len, block_hashes=hashes)
+
+
+def resolve_traces(traces: Sequence[str]) -> list[str]:
+    """Trace files as absolute paths (a remote worker has another working directory); synthetic names
+    unchanged. An unreadable file is refused here, before any worker starts."""
+    out = []
+    for trace in traces:
+        if trace.startswith("synthetic:"):
+            out.append(trace)
+            continue
+        path = Path(trace).expanduser().resolve()
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise CliError(f"trace {trace}: {'cannot read it' if path.is_file() else 'no such file'} "
+                           f"({path}); workers need it readable at this path")
+        out.append(str(path))
+    return out
