@@ -236,7 +236,9 @@ def goodput_cmd(
     seed: int = SEED, max_requests: int | None = MAX_REQUESTS, option: list[str] = OPTION,
     ablation: list[str] = ABLATION, no_contention: bool = NO_CONTENTION, skip_bad: bool = SKIP_BAD,
     start_rps: float | None = START_RPS, criterion: str = CRITERION, max_probes: int = MAX_PROBES,
-    out: Path | None = typer.Option(None, "--out", help="write goodput.json here"),
+    force: bool = FORCE, truncate: bool = TRUNCATE,
+    out: Path | None = typer.Option(None, "--out", help="write goodput.json and goodput.png (attainment "
+                                    "against rate, the rate found and the target drawn) here"),
     as_json: bool = JSON_OUT,
 ) -> None:
     """Search the highest request rate that meets the SLOs (bisection, same seed at every probe).
@@ -244,39 +246,78 @@ def goodput_cmd(
     flags = {k: v for k, v in locals().items() if k != "ctx"}
     import time
 
-    from sim.outputs import console, json_safe
-    from sim.sweep import config_to_dict, search
+    from sim.outputs import json_safe
+    from sim.sweep import config_to_dict
     from sim.workloads import check_replay, load_base
 
     with _user_errors():
         _check_goodput_flags(start_rps, criterion, max_probes)
         cfg = make_config(flags)
+        notes = check_latency(flags)
         check_replay(None, None, replay, cv)
         requests, desc = load_base(_trace(flags), fmt, seed, max_requests, skip_bad)
-    err = console(stderr=True)
+        requests, notes[len(notes):] = fit_trace(requests, desc, flags)
     started = time.perf_counter()
-
-    def on_probe(rate: float, metrics: dict) -> None:
-        err.print(_probe_line(rate, metrics, criterion), highlight=False)
-
     with _user_errors():
-        found = search(requests, desc, cfg, replay, cv, seed, start_rps, criterion, max_probes, on_probe)
+        found, reasons = _search_with_progress(requests, desc, cfg, flags, as_json)
+    probes = [{**p, **reasons.get(p["rate_rps"], {})} for p in found.probes]
     res = json_safe({"goodput_rps": found.goodput_rps, "criterion": criterion, "policy": cfg.policy,
                      "trace": desc["trace"], "slo_ttft_ms": cfg.slo.ttft_ms,
                      "slo_ttft_ms_per_token": cfg.slo.ttft_ms_per_token, "slo_tbt_ms": cfg.slo.tbt_ms,
-                     "slo_percentile": cfg.slo.percentile, "num_probes": len(found.probes), "probes": found.probes,
+                     "slo_percentile": cfg.slo.percentile, "num_probes": len(probes), "probes": probes,
                      "wall_s": time.perf_counter() - started, "workload": desc, "config": config_to_dict(cfg),
-                     "command": _command_line(ctx), "flags": _jsonable_flags(flags)})
-    if out is not None:
-        with _user_errors():
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "goodput.json").write_text(json.dumps(res, indent=2) + "\n")
+                     "command": _command_line(ctx), "flags": _jsonable_flags(flags), "notes": notes})
+    paths = _write_goodput(out, res) if out is not None else []
     if as_json:
         sys.stdout.write(json.dumps(res) + "\n")
         return
-    console().print(f"goodput of {cfg.policy} on {desc['trace']} ({criterion}, TTFT {cfg.slo.ttft_ms:g} ms, "
-                    f"TBT {cfg.slo.tbt_ms:g} ms): [bold]{found.goodput_rps:.3f} req/s[/] "
-                    f"({len(found.probes)} probes, {res['wall_s']:.1f} s)", highlight=False)
+    _print_goodput(res, cfg, desc, notes, paths)
+
+
+def _search_with_progress(requests, desc: dict, cfg, flags: dict, as_json: bool):
+    """The goodput search with a probe bar (and a line per probe) on stderr; returns the search result and,
+    per probed rate, the served rate and why it missed."""
+    from sim.outputs import console
+    from sim.progress import progress_bar
+    from sim.summary import miss_reason
+    from sim.sweep import search
+
+    err, reasons = console(stderr=True), {}
+    with progress_bar("goodput", flags["max_probes"], "probes (at most)", enabled=not as_json) as update:
+        def on_probe(rate: float, metrics: dict) -> None:
+            reasons[rate] = {"request_throughput": metrics["request_throughput"],
+                             "reason": miss_reason(metrics, flags["criterion"])}
+            update(len(reasons), f"last: {rate:.3f} req/s")
+            if not as_json:
+                err.print(_probe_line(rate, metrics, flags["criterion"]), highlight=False)
+
+        found = search(requests, desc, cfg, flags["replay"], flags["cv"], flags["seed"], flags["start_rps"],
+                       flags["criterion"], flags["max_probes"], on_probe)
+    return found, reasons
+
+
+def _write_goodput(out: Path, res: dict) -> list[Path]:
+    from sim.outputs import plot_goodput
+
+    with _user_errors():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "goodput.json").write_text(json.dumps(res, indent=2) + "\n")
+        return [out / "goodput.json", plot_goodput(res, out / "goodput.png")]
+
+
+def _print_goodput(res: dict, cfg, desc: dict, notes: list[str], paths: list[Path]) -> None:
+    from sim.outputs import console
+    from sim.summary import goodput_verdict
+
+    c = console()
+    c.print(f"goodput of {cfg.policy} on {desc['trace']} ({res['criterion']}, TTFT {cfg.slo.ttft_ms:g} ms, "
+            f"TBT {cfg.slo.tbt_ms:g} ms, simulated {cfg.num_instances}x {cfg.gpu}): "
+            f"[bold]{res['goodput_rps']:.3f} req/s[/] ({res['num_probes']} probes, {res['wall_s']:.1f} s)",
+            highlight=False)
+    for line in [*goodput_verdict(res["goodput_rps"], res["probes"]), *notes]:
+        c.print(line, highlight=False, markup=False)
+    if paths:
+        c.print("wrote " + ", ".join(str(p) for p in paths), markup=False)
 
 
 def _probe_line(rate: float, m: dict, criterion: str) -> str:
