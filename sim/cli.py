@@ -54,6 +54,7 @@ START_RPS = typer.Option(None, "--start-rps", help="first rate probed (req/s); d
 CRITERION = typer.Option("fleet", "--criterion", help="fleet (P99 TTFT and P99 TBT within targets) or "
                          "attainment (>= 90% of requests meet TTFT and TPOT)")
 MAX_PROBES = typer.Option(20, "--max-probes", help="most simulations the goodput search runs")
+DEFAULT_SWEEP_RATES = "0.25,0.5,1,2"
 FORCE = typer.Option(False, "--force", help="use a --latency profile measured on another GPU or model (warns)")
 TRUNCATE = typer.Option(False, "--truncate", help="cut requests longer than the model's context to fit it "
                         "(outputs to half the context, prompts to the rest) instead of refusing the trace")
@@ -358,7 +359,8 @@ def sweep_cmd(
     policies: str = typer.Option("yoda,chunked", "--policies", help="comma-separated policies"),
     traces: str | None = typer.Option(None, "--traces", help="comma-separated traces (files or synthetic:NAME[:N]); "
                                       "default: the bundled mooncake sample"),
-    rates: str | None = typer.Option(None, "--rates", help="comma-separated request rates (req/s)"),
+    rates: str | None = typer.Option(None, "--rates", help="comma-separated request rates (req/s); default "
+                                     f"{DEFAULT_SWEEP_RATES} unless --goodput"),
     goodput: bool = typer.Option(False, "--goodput", help="search each cell's goodput instead of fixed rates"),
     slo_tbt_ms: str = typer.Option("50", "--slo-tbt-ms", help="comma-separated TBT targets (ms)"),
     fmt: str | None = FORMAT, gpu: str = GPU, model: str = MODEL, tp: int = TP, instances: int = INSTANCES,
@@ -370,24 +372,34 @@ def sweep_cmd(
     criterion: str = CRITERION, max_probes: int = MAX_PROBES,
     workers: int | None = typer.Option(None, "--workers", help="local worker processes (default: CPU count)"),
     ray: str | None = typer.Option(None, "--ray", help="Ray cluster address (needs the [ray] extra); trace files "
-                                   "must be readable at the same path on every node"),
-    out: Path = typer.Option(..., "--out", help="write sweep.csv, sweep.json and the plot here"),
+                                   "are sent as absolute paths and must be readable at that path on every node"),
+    force: bool = FORCE, truncate: bool = TRUNCATE,
+    out: Path | None = typer.Option(None, "--out", help="write sweep.csv, sweep.json and the plot here "
+                                    "(default: runs/sweep, or nothing with --json)"),
+    as_json: bool = typer.Option(False, "--json", help="print the sweep (its rows) as one JSON object on stdout, "
+                                 "nothing else"),
 ) -> None:
     """Run a grid of policies x traces x rates (or x TBT SLOs with --goodput) in parallel.
     Default SLO: TTFT 1000 ms or 0.25 ms per prompt token (whichever is larger), TBT 50 ms, at P99."""
     flags = {k: v for k, v in locals().items() if k != "ctx"}
-    from sim.outputs import console, sweep_table
+    from sim.outputs import console, json_safe, sweep_table
     from sim.sweep import write_sweep
 
     with _user_errors():
         cells = _sweep_cells(flags)
-    rows = _run_with_progress(cells, workers, ray)
-    with _user_errors():
-        paths = write_sweep(out, rows, {"command": _command_line(ctx), "flags": _jsonable_flags(flags),
-                                        "num_cells": len(cells)})
-    stdout = console()
-    stdout.print(sweep_table(rows, goodput))
-    stdout.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    rows = _run_with_progress(cells, workers, ray, enabled=not as_json)
+    meta = {"command": _command_line(ctx), "flags": _jsonable_flags(flags), "num_cells": len(cells)}
+    out = out if out is not None or as_json else Path("runs/sweep")
+    paths = {}
+    if out is not None:
+        with _user_errors():
+            paths = write_sweep(out, rows, meta)
+    if as_json:
+        sys.stdout.write(json.dumps(json_safe({**meta, "rows": rows})) + "\n")
+    else:
+        stdout = console()
+        stdout.print(sweep_table(rows, goodput))
+        stdout.print("wrote " + ", ".join(str(p) for p in paths.values()), markup=False)
     failed = [row for row in rows if row.get("error")]
     if failed:
         typer.echo(f"error: {len(failed)} of {len(rows)} cells failed; first: {failed[0]['error']}", err=True)
@@ -396,11 +408,14 @@ def sweep_cmd(
 
 def _sweep_cells(flags: dict) -> list[dict]:
     """Check the sweep flags (before any process starts) and build its cells."""
+    from sim.guards import fit_context, model_context_len, resolve_traces
     from sim.sweep import check_ray, config_to_dict, make_cells
     from sim.workloads import check_replay, load_base
 
-    if (flags["rates"] is None) == (not flags["goodput"]):
-        raise ValueError("give --rates r1,r2,... or --goodput (one of them)")
+    if flags["rates"] is not None and flags["goodput"]:
+        raise ValueError("give --rates r1,r2,... or --goodput, not both")
+    if flags["rates"] is None and not flags["goodput"]:
+        flags = {**flags, "rates": DEFAULT_SWEEP_RATES}
     if flags["workers"] is not None and flags["workers"] < 1:
         raise ValueError(f"--workers must be >= 1, got {flags['workers']}")
     if flags["ray"] is not None:
@@ -410,14 +425,21 @@ def _sweep_cells(flags: dict) -> list[dict]:
     rates = _floats(flags["rates"], "--rates") if flags["rates"] is not None else None
     slos = _floats(flags["slo_tbt_ms"], "--slo-tbt-ms")
     policies = _names(flags["policies"])
-    trace_list = _names(flags["traces"]) if flags["traces"] else [_trace({"trace": None})]
+    trace_list = resolve_traces(_names(flags["traces"]) if flags["traces"] else [_trace({"trace": None})])
     if not policies or not trace_list:
         raise ValueError("--policies and --traces need at least one name each")
+    if Path(flags["latency"]).is_dir():  # workers elsewhere resolve nothing against our directory
+        check_latency(flags)
+        flags = {**flags, "latency": str(Path(flags["latency"]).resolve())}
     configs = {p: make_config({**flags, "slo_tbt_ms": slos[0]}, policy=p, strict=False) for p in policies}
+    context = model_context_len(flags["model"])
     for trace in trace_list:
-        load_base(trace, flags["fmt"], flags["seed"], flags["max_requests"], flags["skip_bad"])
+        requests, _ = load_base(trace, flags["fmt"], flags["seed"], flags["max_requests"], flags["skip_bad"])
+        fit_context(requests, context, flags["model"], flags["truncate"])
     workload = {k: flags[v] for k, v in (("format", "fmt"), ("replay", "replay"), ("cv", "cv"), ("seed", "seed"),
                                          ("max_requests", "max_requests"), ("skip_bad", "skip_bad"))}
+    if flags["truncate"]:
+        workload["truncate_to"] = context
     goodput = ({k: flags[k] for k in ("start_rps", "criterion", "max_probes")} if flags["goodput"] else None)
     cells = []
     for policy in policies:
@@ -425,21 +447,19 @@ def _sweep_cells(flags: dict) -> list[dict]:
     return cells
 
 
-def _run_with_progress(cells: list[dict], workers: int | None, ray_address: str | None) -> list[dict]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+def _run_with_progress(cells: list[dict], workers: int | None, ray_address: str | None,
+                       enabled: bool = True) -> list[dict]:
     from sim.outputs import short_trace
+    from sim.progress import progress_bar
     from sim.sweep import SweepError, run_cells
 
-    columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.description}"))
-    with Progress(*columns, console=Console(stderr=True)) as progress:
-        task = progress.add_task("", total=len(cells))
+    with progress_bar("sweep", len(cells), "cells", enabled) as update:
+        done: list[dict] = []
 
         def on_done(row: dict) -> None:
+            done.append(row)
             at = f"{row['rate_rps']:g} req/s" if row["rate_rps"] is not None else f"TBT {row['slo_tbt_ms']:g} ms"
-            progress.update(task, advance=1, description=f"{row['policy']} {short_trace(row['trace'])} {at}")
+            update(len(done), f"{row['policy']} {short_trace(row['trace'])} {at}")
 
         try:
             return run_cells(cells, workers, ray_address, on_done)

@@ -76,9 +76,22 @@ def fit_context(requests: Sequence[Request], context_len: int | None, model: str
 
 def _cut(r: Request, context_len: int) -> Request:
     output_len = min(r.output_len, context_len // 2)
-    prompt_len = min(r.prompt_len, context_len - output_len)
+    return _with_lengths(r, min(r.prompt_len, context_len - output_len), output_len)
+
+
+def _with_lengths(r: Request, prompt_len: int, output_len: int) -> Request:
+    """`r` cut to these lengths; hash blocks past the prompt are dropped (shared prefixes stay shared)."""
     hashes = r.block_hashes[:-(-prompt_len // r.hash_block_size)] if r.block_hashes else r.block_hashes
     return dataclasses.replace(r, prompt_len=prompt_len, output_len=output_len, block_hashes=hashes)
+
+
+def clamp_lengths(requests: Sequence[Request], max_prompt_len: int | None = None,
+                  max_output_len: int | None = None) -> list[Request]:
+    """--max-prompt-len / --max-output-len: prompts and outputs cut to at most these lengths."""
+    if max_prompt_len is None and max_output_len is None:
+        return list(requests)
+    return [_with_lengths(r, min(r.prompt_len, max_prompt_len or r.prompt_len),
+                          min(r.output_len, max_output_len or r.output_len)) for r in requests]
 
 
 def resolve_traces(traces: Sequence[str]) -> list[str]:
