@@ -31,9 +31,9 @@ def check_profile(profile: str | Path, gpu: str, model: str, force: bool = False
     measured_model = str(meta.get("model") or "?")
     wrong = []
     if device.get("type") == "cpu" or gpu.lower() not in str(device.get("name", "")).lower():
-        wrong.append(f"on {where}, not a {gpu}")
+        wrong.append(f"on {where} (not {gpu})")
     if Path(measured_model).name.lower() != Path(model).name.lower():
-        wrong.append(f"with model {measured_model}, not {model}")
+        wrong.append(f"with model {measured_model} (not {model})")
     if not wrong:
         return None
     message = f"--latency {profile} was measured {' and '.join(wrong)}"
