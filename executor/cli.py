@@ -75,7 +75,7 @@ def run_cmd(
             if backend == "sim":
                 result = _simulate(flags, requests)
             else:
-                result = _serve(flags, requests, lambda done: update(done, ""))
+                result = _serve(flags, requests, update and (lambda done: update(done, "")))
     extra = {"scheduler_counters": result.metrics.get("scheduler_counters"), "workload": desc,
              "command": _command_line(ctx), "flags": _jsonable_flags(flags),
              "estimator": getattr(result, "estimator_source", None)}

@@ -189,7 +189,7 @@ def simulate_cmd(
         requests, notes[len(notes):] = fit_trace(requests, desc, flags)
     with progress_bar("simulate", len(requests), "requests", enabled=not as_json) as update:
         result = simulate(requests, cfg, workers=workers or os.cpu_count() or 1,
-                          progress=lambda sim_s, done: update(done, f"{sim_s:,.0f} simulated s"))
+                          progress=update and (lambda sim_s, done: update(done, f"{sim_s:,.0f} simulated s")))
     extra = {"scheduler_counters": scheduler_counters(result), "workload": desc, "command": _command_line(ctx),
              "flags": _jsonable_flags(flags)}
     res = results_dict(result, extra)
@@ -288,7 +288,8 @@ def _search_with_progress(requests, desc: dict, cfg, flags: dict, as_json: bool)
         def on_probe(rate: float, metrics: dict) -> None:
             reasons[rate] = {"request_throughput": metrics["request_throughput"],
                              "reason": miss_reason(metrics, flags["criterion"])}
-            update(len(reasons), f"last: {rate:.3f} req/s")
+            if update:
+                update(len(reasons), f"last: {rate:.3f} req/s")
             if not as_json:
                 err.print(_probe_line(rate, metrics, flags["criterion"]), highlight=False)
 
@@ -459,7 +460,8 @@ def _run_with_progress(cells: list[dict], workers: int | None, ray_address: str 
         def on_done(row: dict) -> None:
             done.append(row)
             at = f"{row['rate_rps']:g} req/s" if row["rate_rps"] is not None else f"TBT {row['slo_tbt_ms']:g} ms"
-            update(len(done), f"{row['policy']} {short_trace(row['trace'])} {at}")
+            if update:
+                update(len(done), f"{row['policy']} {short_trace(row['trace'])} {at}")
 
         try:
             return run_cells(cells, workers, ray_address, on_done)

@@ -1,7 +1,7 @@
 """Progress bars on stderr for long commands (rich), silent with --json or when stderr is not a terminal.
 
     with progress_bar("simulate", total=len(requests), unit="requests", enabled=not as_json) as update:
-        simulate(requests, cfg, progress=lambda sim_s, done: update(done, f"{sim_s:,.0f} simulated s"))
+        simulate(requests, cfg, progress=update and (lambda sim_s, done: update(done, f"{sim_s:,.0f} simulated s")))
 
 `run_reporting` runs a SimPy environment and reports its progress (simulated seconds, requests finished).
 """
@@ -21,10 +21,11 @@ def stderr_is_terminal() -> bool:
 
 
 @contextmanager
-def progress_bar(label: str, total: int, unit: str, enabled: bool = True) -> Iterator[Update]:
-    """A bar `label [====] done/total unit elapsed ETA description`; a no-op updater when disabled."""
+def progress_bar(label: str, total: int, unit: str, enabled: bool = True) -> Iterator[Update | None]:
+    """A bar `label [====] done/total unit elapsed ETA description` and its updater; None when disabled
+    (so callers skip the work of reporting)."""
     if not enabled or total <= 0 or not stderr_is_terminal():
-        yield lambda completed, description="": None
+        yield None
         return
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
