@@ -63,7 +63,7 @@ def calibrate_cmd(
     c.print(f"measured {summary['measured']} new samples ({summary['num_points']} points x rounds in {out}), "
             f"{summary['contention_measured']} contention cells in {summary['wall_s']:.1f} s", highlight=False)
     for note in summary["notes"]:
-        c.print(f"note: {note}", highlight=False)
+        c.print(f"note: {note}", highlight=False, markup=False)
     for r in summary["fit_reports"]:
         c.print(f"fit {r['phase']}: held-out mean |error| {r['mean_abs_err']:.1%}, P90 {r['p90_abs_err']:.1%}, "
                 f"max {r['max_abs_err']:.1%} ({r['num_holdout']} of {r['num_samples'] + r['num_holdout']} points)",
