@@ -50,6 +50,7 @@ def run_cmd(
     seed: int = SEED, option: list[str] = OPTION, max_prompt_len: int | None = MAX_PROMPT,
     max_output_len: int | None = MAX_OUTPUT, num_layers: int | None = NUM_LAYERS, clock: str = CLOCK,
     kv_blocks: int | None = KV_BLOCKS, max_batch: int = MAX_BATCH, truncate: bool = TRUNCATE,
+    force: bool = typer.Option(False, "--force", help="use a --profile measured on another device or model (warns)"),
     out: Path | None = typer.Option(None, "--out", help="write results.json, requests.parquet, timeline.parquet "
                                     "and plots here (as yoda simulate)"),
     as_json: bool = JSON_OUT,
@@ -71,6 +72,7 @@ def run_cmd(
             flags["max_output_len"] = max_output_len or DEFAULT_OUTPUT_LEN
         requests, desc = load_workload(_trace(flags), fmt, rate, None, "original", 1.0, seed, max_requests)
         requests, notes = _fit(requests, desc, flags)
+        notes += _check_profile(flags)
         with progress_bar("run", len(requests), "requests", enabled=not as_json) as update:
             if backend == "sim":
                 result = _simulate(flags, requests)
@@ -111,6 +113,17 @@ def _fit(requests, desc: dict, flags: dict) -> tuple[list, list[str]]:
         notes.append(f"--truncate: {num_cut} of {len(requests)} requests cut to {flags['model']}'s "
                      f"{context:,}-token context")
     return requests, notes
+
+
+def _check_profile(flags: dict) -> list[str]:
+    from sim.guards import check_profile
+
+    if flags["profile"] is None or not Path(flags["profile"]).is_dir():
+        return []
+    warning = check_profile(flags["profile"], flags["device"], flags["model"], flags["force"], flag="--profile")
+    if warning:
+        typer.echo(warning, err=True)
+    return [warning] if warning else []
 
 
 def _context_len(model: str) -> int | None:

@@ -19,9 +19,10 @@ from yoda.request import Request
 CONTEXT_LEN = {"llama3-8b": 131072, "llama3-70b": 131072, "qwen2.5-7b": 32768, "qwen2.5-32b": 32768, "tiny": 4096}
 
 
-def check_profile(profile: str | Path, gpu: str, model: str, force: bool = False) -> str | None:
-    """A calibration profile used as the simulator's latency source must have been measured on `gpu` with
-    `model`. Mismatch: CliError, or with `force` the warning to print. None when it matches."""
+def check_profile(profile: str | Path, gpu: str, model: str, force: bool = False, flag: str = "--latency") -> str | None:
+    """A calibration profile must have been measured on `gpu` (a GPU name, or for `yoda run` the device
+    type cpu / cuda) with `model`. Mismatch: CliError, or with `force` the warning to print. None when it
+    matches."""
     meta_path = Path(profile) / "metadata.json"
     if not meta_path.is_file():
         return None  # a hand-made table without metadata: nothing to compare
@@ -30,15 +31,19 @@ def check_profile(profile: str | Path, gpu: str, model: str, force: bool = False
     where = device.get("name") or device.get("type") or "?"
     measured_model = str(meta.get("model") or "?")
     wrong = []
-    if device.get("type") == "cpu" or gpu.lower() not in str(device.get("name", "")).lower():
+    if gpu in ("cpu", "cuda"):
+        if device.get("type") != gpu:
+            wrong.append(f"on {where} (not {gpu})")
+    elif device.get("type") == "cpu" or gpu.lower() not in str(device.get("name", "")).lower():
         wrong.append(f"on {where} (not {gpu})")
     if Path(measured_model).name.lower() != Path(model).name.lower():
         wrong.append(f"with model {measured_model} (not {model})")
     if not wrong:
         return None
-    message = f"--latency {profile} was measured {' and '.join(wrong)}"
+    message = f"{flag} {profile} was measured {' and '.join(wrong)}"
     if not force:
-        raise CliError(f"{message}: pass the matching --gpu/--model, another --latency, or --force to use it anyway")
+        fix = "--gpu/--model" if flag == "--latency" else "--device/--model"
+        raise CliError(f"{message}: pass the matching {fix}, another {flag}, or --force to use it anyway")
     return f"warning: {message}; used anyway (--force)"
 
 

@@ -170,3 +170,8 @@ def test_truncation_fits_every_request_and_counts_the_cut_ones(lengths: list[tup
     for before, after in zip(requests, fitted):
         assert after.prompt_len + after.output_len <= context and after.prompt_len >= 1 and after.output_len >= 1
         assert after == before or before.prompt_len + before.output_len > context
+
+
+def test_run_refuses_a_profile_of_another_model() -> None:
+    pytest.importorskip("torch")
+    _refused(["run", "--profile", CPU_TINY, "--model", "llama3-8b", "--max-requests", "2"], "model tiny", "--force")
