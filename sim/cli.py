@@ -20,6 +20,7 @@ from typing import Any
 import typer
 
 from sim.cli_errors import OneLineErrors, fail, user_errors
+from sim.guards import check_latency, fit_trace
 from yoda.policies import policy_names
 
 LATENCY_HELP = "roofline (analytic), pdmux (paper fits) or a calibration profile directory"
@@ -202,32 +203,6 @@ def simulate_cmd(
                        f"{format_value(desc['mean_rate_rps'], 3)} req/s)", as_json, paths, notes)
 
 
-def check_latency(flags: dict) -> list[str]:
-    """Refuse a --latency profile measured on another GPU or model (CliError); with --force, the warning
-    (also printed on stderr now)."""
-    from sim.guards import check_profile
-
-    if not Path(flags["latency"]).is_dir():
-        return []
-    warning = check_profile(flags["latency"], flags["gpu"], flags["model"], flags.get("force", False))
-    if warning:
-        typer.echo(warning, err=True)
-    return [warning] if warning else []
-
-
-def fit_trace(requests: list, desc: dict, flags: dict) -> tuple[list, list[str]]:
-    """Refuse requests longer than the model's context, or cut them with --truncate (noted in `desc`)."""
-    from sim.guards import fit_context, model_context_len
-
-    context = model_context_len(flags["model"])
-    requests, num_cut = fit_context(requests, context, flags["model"], flags.get("truncate", False))
-    if not num_cut:
-        return requests, []
-    desc["num_truncated"] = num_cut
-    return requests, [f"--truncate: {num_cut} of {len(requests)} requests cut to {flags['model']}'s "
-                      f"{context:,}-token context"]
-
-
 def goodput_cmd(
     ctx: typer.Context,
     trace: str | None = TRACE, fmt: str | None = FORMAT, policy: str = POLICY, gpu: str = GPU, model: str = MODEL,
@@ -247,6 +222,7 @@ def goodput_cmd(
     flags = {k: v for k, v in locals().items() if k != "ctx"}
     import time
 
+    from sim.goodput_report import print_goodput, search_with_progress, write_goodput
     from sim.outputs import json_safe
     from sim.sweep import config_to_dict
     from sim.workloads import check_replay, load_base
@@ -260,7 +236,7 @@ def goodput_cmd(
         requests, notes[len(notes):] = fit_trace(requests, desc, flags)
     started = time.perf_counter()
     with _user_errors():
-        found, reasons = _search_with_progress(requests, desc, cfg, flags, as_json)
+        found, reasons = search_with_progress(requests, desc, cfg, flags, as_json, _probe_line)
     probes = [{**p, **reasons.get(p["rate_rps"], {})} for p in found.probes]
     res = json_safe({"goodput_rps": found.goodput_rps, "criterion": criterion, "policy": cfg.policy,
                      "trace": desc["trace"], "slo_ttft_ms": cfg.slo.ttft_ms,
@@ -268,58 +244,11 @@ def goodput_cmd(
                      "slo_percentile": cfg.slo.percentile, "num_probes": len(probes), "probes": probes,
                      "wall_s": time.perf_counter() - started, "workload": desc, "config": config_to_dict(cfg),
                      "command": _command_line(ctx), "flags": _jsonable_flags(flags), "notes": notes})
-    paths = _write_goodput(out, res) if out is not None else []
+    paths = write_goodput(out, res) if out is not None else []
     if as_json:
         sys.stdout.write(json.dumps(res) + "\n")
         return
-    _print_goodput(res, cfg, desc, notes, paths)
-
-
-def _search_with_progress(requests, desc: dict, cfg, flags: dict, as_json: bool):
-    """The goodput search with a probe bar (and a line per probe) on stderr; returns the search result and,
-    per probed rate, the served rate and why it missed."""
-    from sim.outputs import console
-    from sim.progress import progress_bar
-    from sim.summary import miss_reason
-    from sim.sweep import search
-
-    err, reasons = console(stderr=True), {}
-    with progress_bar("goodput", flags["max_probes"], "probes (at most)", enabled=not as_json) as update:
-        def on_probe(rate: float, metrics: dict) -> None:
-            reasons[rate] = {"request_throughput": metrics["request_throughput"],
-                             "reason": miss_reason(metrics, flags["criterion"])}
-            if update:
-                update(len(reasons), f"last: {rate:.3f} req/s")
-            if not as_json:
-                err.print(_probe_line(rate, metrics, flags["criterion"]), highlight=False)
-
-        found = search(requests, desc, cfg, flags["replay"], flags["cv"], flags["seed"], flags["start_rps"],
-                       flags["criterion"], flags["max_probes"], on_probe)
-    return found, reasons
-
-
-def _write_goodput(out: Path, res: dict) -> list[Path]:
-    from sim.outputs import plot_goodput
-
-    with _user_errors():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "goodput.json").write_text(json.dumps(res, indent=2) + "\n")
-        return [out / "goodput.json", plot_goodput(res, out / "goodput.png")]
-
-
-def _print_goodput(res: dict, cfg, desc: dict, notes: list[str], paths: list[Path]) -> None:
-    from sim.outputs import console
-    from sim.summary import goodput_verdict
-
-    c = console()
-    c.print(f"goodput of {cfg.policy} on {desc['trace']} ({res['criterion']}, TTFT {cfg.slo.ttft_ms:g} ms, "
-            f"TBT {cfg.slo.tbt_ms:g} ms, simulated {cfg.num_instances}x {cfg.gpu}): "
-            f"[bold]{res['goodput_rps']:.3f} req/s[/] ({res['num_probes']} probes, {res['wall_s']:.1f} s)",
-            highlight=False)
-    for line in [*goodput_verdict(res["goodput_rps"], res["probes"]), *notes]:
-        c.print(line, highlight=False, markup=False)
-    if paths:
-        c.print("wrote " + ", ".join(str(p) for p in paths), markup=False)
+    print_goodput(res, cfg, desc, notes, paths)
 
 
 def _probe_line(rate: float, m: dict, criterion: str) -> str:

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import typer
+
 from sim.cli_errors import CliError
 from yoda.request import Request
 
@@ -113,3 +115,26 @@ def resolve_traces(traces: Sequence[str]) -> list[str]:
                            f"({path}); workers need it readable at this path")
         out.append(str(path))
     return out
+
+
+# ---- the checks as the simulator commands run them (flags: the command's options by name) ----------
+def check_latency(flags: dict) -> list[str]:
+    """Refuse a --latency profile measured on another GPU or model (CliError); with --force, the warning
+    (also printed on stderr now)."""
+    if not Path(flags["latency"]).is_dir():
+        return []
+    warning = check_profile(flags["latency"], flags["gpu"], flags["model"], flags.get("force", False))
+    if warning:
+        typer.echo(warning, err=True)
+    return [warning] if warning else []
+
+
+def fit_trace(requests: list, desc: dict, flags: dict) -> tuple[list, list[str]]:
+    """Refuse requests longer than the model's context, or cut them with --truncate (noted in `desc`)."""
+    context = model_context_len(flags["model"])
+    requests, num_cut = fit_context(requests, context, flags["model"], flags.get("truncate", False))
+    if not num_cut:
+        return requests, []
+    desc["num_truncated"] = num_cut
+    return requests, [f"--truncate: {num_cut} of {len(requests)} requests cut to {flags['model']}'s "
+                      f"{context:,}-token context"]
