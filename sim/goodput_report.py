@@ -47,10 +47,10 @@ def write_goodput(out: Path, res: dict) -> list[Path]:
 
 def print_goodput(res: dict, cfg, desc: dict, notes: list[str], paths: list[Path]) -> None:
     from sim.outputs import console
-    from sim.summary import goodput_verdict
+    from sim.summary import goodput_verdict, short_trace
 
     c = console()
-    c.print(f"goodput of {cfg.policy} on {desc['trace']} ({res['criterion']}, TTFT {cfg.slo.ttft_ms:g} ms, "
+    c.print(f"goodput of {cfg.policy} on {short_trace(desc['trace'])} ({res['criterion']}, TTFT {cfg.slo.ttft_ms:g} ms, "
             f"TBT {cfg.slo.tbt_ms:g} ms, simulated {cfg.num_instances}x {cfg.gpu}): "
             f"[bold]{res['goodput_rps']:.3f} req/s[/] ({res['num_probes']} probes, {res['wall_s']:.1f} s)",
             highlight=False)

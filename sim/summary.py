@@ -200,8 +200,7 @@ def goodput_verdict(goodput_rps: float, probes: Sequence[dict]) -> list[str]:
     if ok:
         p = ok[0]
         lines.append(f"at {goodput_rps:.3f} req/s: attainment {p['slo_attainment']:.1%}, served "
-                     f"{p.get('request_throughput', 0):.3f} req/s (finished per second of the whole run, drain "
-                     f"included)")
+                     f"{p.get('request_throughput', 0):.3f} req/s (requests finished per second of the run)")
     else:
         lines.append("no probed rate met the SLOs")
     if above:
