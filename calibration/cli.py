@@ -17,6 +17,7 @@ import typer
 
 from sim.cli import (FORMAT, MAX_REQUESTS, OPTION, POLICY, SEED, SLO_PER_TOKEN, SLO_TBT, SLO_TTFT, TRACE, JSON_OUT,
                      _OneLineErrors, _fail, _trace, _user_errors, policy_options)
+from sim.cli_errors import require_extra
 
 MODEL = typer.Option(None, "--model", help="built-in config name or config.json path (validate: default the "
                      "profile's model)")
@@ -40,15 +41,19 @@ def calibrate_cmd(
     write samples.csv, contention.csv, metadata.json, fit.json and latency.png into --out."""
     if backend != "executor":
         _fail(f"--backend must be executor (the simulator needs no calibration), got {backend!r}")
+    with _user_errors():
+        require_extra("yoda calibrate", "torch", "transformers")
     from calibration.measure import calibrate, grid_for
     from executor.runner import open_backend
+    from sim.progress import stderr_is_terminal
 
     with _user_errors():
         if device not in ("cpu", "cuda") or clock not in ("cpu", "wall") or (reps is not None and reps < 1):
             raise ValueError("--device must be cpu or cuda, --clock cpu or wall, --reps >= 1")
         grid_for(device, grid)
         bench_backend = open_backend(model, device, weights, num_layers)
-        summary = calibrate(out, bench_backend, grid, reps=reps, progress=not as_json, clock=clock)
+        summary = calibrate(out, bench_backend, grid, reps=reps, progress=not as_json and stderr_is_terminal(),
+                            clock=clock)
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
         return
@@ -58,7 +63,7 @@ def calibrate_cmd(
     c.print(f"measured {summary['measured']} new samples ({summary['num_points']} points x rounds in {out}), "
             f"{summary['contention_measured']} contention cells in {summary['wall_s']:.1f} s", highlight=False)
     for note in summary["notes"]:
-        c.print(f"note: {note}", highlight=False)
+        c.print(f"note: {note}", highlight=False, markup=False)
     for r in summary["fit_reports"]:
         c.print(f"fit {r['phase']}: held-out mean |error| {r['mean_abs_err']:.1%}, P90 {r['p90_abs_err']:.1%}, "
                 f"max {r['max_abs_err']:.1%} ({r['num_holdout']} of {r['num_samples'] + r['num_holdout']} points)",
@@ -94,6 +99,8 @@ def validate_cmd(
     """Serve a trace on the executor, replay the same requests in the simulator on the profile, and report
     per-request TTFT/TBT/E2E errors (median and P90), P99s side by side and both goodputs."""
     flags = {k: v for k, v in locals().items()}
+    with _user_errors():
+        require_extra("yoda validate", "torch", "transformers")
     from calibration.validate import ValidateConfig, validate, write_validation
     from executor.runner import clamp_lengths
     from sim.workloads import load_workload

@@ -14,8 +14,16 @@ from pathlib import Path
 
 import typer
 
-from sim.cli import (FORMAT, MAX_REQUESTS, OPTION, POLICY, SEED, SLO_PER_TOKEN, SLO_TBT, SLO_TTFT, TRACE, JSON_OUT,
+from sim.cli import (FORMAT, MAX_REQUESTS, OPTION, POLICY, SEED, SLO_PER_TOKEN, SLO_TBT, SLO_TTFT, TRUNCATE, JSON_OUT,
                      _OneLineErrors, _command_line, _fail, _jsonable_flags, _trace, _user_errors, policy_options)
+from sim.cli_errors import CliError, require_extra
+
+# without --trace: a short sample that a CPU serves in about half a minute
+DEFAULT_REQUESTS, DEFAULT_OUTPUT_LEN = 10, 128
+TRACE = typer.Option(None, "--trace", help="trace file, or synthetic:NAME[:N] with NAME sharegpt, loogle, "
+                     f"openthoughts or system_prompt; default: the first {DEFAULT_REQUESTS} requests of the bundled "
+                     f"traces/data/mooncake_sample.jsonl, outputs cut to {DEFAULT_OUTPUT_LEN} tokens and prompts "
+                     "to the model's context (as --truncate)")
 
 BACKEND = typer.Option("executor", "--backend", help="executor (the real model) or sim (the simulator)")
 MODEL = typer.Option("tiny", "--model", help="built-in config (tiny, llama3-8b, llama3-70b, qwen2.5-7b) or a "
@@ -41,7 +49,8 @@ def run_cmd(
     slo_ttft_ms: float = SLO_TTFT, slo_ttft_ms_per_token: float = SLO_PER_TOKEN, slo_tbt_ms: float = SLO_TBT,
     seed: int = SEED, option: list[str] = OPTION, max_prompt_len: int | None = MAX_PROMPT,
     max_output_len: int | None = MAX_OUTPUT, num_layers: int | None = NUM_LAYERS, clock: str = CLOCK,
-    kv_blocks: int | None = KV_BLOCKS, max_batch: int = MAX_BATCH,
+    kv_blocks: int | None = KV_BLOCKS, max_batch: int = MAX_BATCH, truncate: bool = TRUNCATE,
+    force: bool = typer.Option(False, "--force", help="use a --profile measured on another device or model (warns)"),
     out: Path | None = typer.Option(None, "--out", help="write results.json, requests.parquet, timeline.parquet "
                                     "and plots here (as yoda simulate)"),
     as_json: bool = JSON_OUT,
@@ -52,14 +61,23 @@ def run_cmd(
     if backend not in ("executor", "sim"):
         _fail(f"--backend must be executor or sim, got {backend!r}")
     from sim.outputs import format_value, print_results, results_dict, short_trace, write_results
+    from sim.progress import progress_bar
     from sim.workloads import load_workload
 
     with _user_errors():
+        if backend == "executor":
+            require_extra("yoda run", "torch", "transformers")
+        if trace is None:
+            max_requests = flags["max_requests"] = max_requests or DEFAULT_REQUESTS
+            flags["max_output_len"] = max_output_len or DEFAULT_OUTPUT_LEN
         requests, desc = load_workload(_trace(flags), fmt, rate, None, "original", 1.0, seed, max_requests)
-        if backend == "sim":
-            result = _simulate(flags, requests, max_prompt_len, max_output_len)
-        else:
-            result = _serve(flags, requests)
+        requests, notes = _fit(requests, desc, flags)
+        notes += _check_profile(flags)
+        with progress_bar("run", len(requests), "requests", enabled=not as_json) as update:
+            if backend == "sim":
+                result = _simulate(flags, requests)
+            else:
+                result = _serve(flags, requests, update and (lambda done: update(done, "")))
     extra = {"scheduler_counters": result.metrics.get("scheduler_counters"), "workload": desc,
              "command": _command_line(ctx), "flags": _jsonable_flags(flags),
              "estimator": getattr(result, "estimator_source", None)}
@@ -69,16 +87,55 @@ def run_cmd(
         with _user_errors():
             paths = write_results(out, result, extra)
     where = f"{device} executor" if backend == "executor" else "simulator"
-    notes = [f"estimator: {result.estimator_source}"] if backend == "executor" else []
+    notes += [f"estimator: {result.estimator_source}"] if backend == "executor" else []
     print_results(res, f"{policy} on {short_trace(desc['trace'])} ({len(result.records)} requests, "
                        f"{format_value(desc['mean_rate_rps'], 3)} req/s, {where})", as_json, paths, notes)
 
 
-def _serve(flags: dict, requests):
-    from executor.runner import RunConfig, clamp_lengths, open_backend, serve
-    from yoda.request import SLO
+def _fit(requests, desc: dict, flags: dict) -> tuple[list, list[str]]:
+    """--max-prompt-len / --max-output-len cuts, then the model's context: requests still longer are refused
+    unless --truncate (implied for the default workload)."""
+    from sim.guards import clamp_lengths, fit_context, model_context_len
 
     requests = clamp_lengths(requests, flags["max_prompt_len"], flags["max_output_len"])
+    context = _context_len(flags["model"]) if flags["backend"] == "executor" else model_context_len(flags["model"])
+    truncate = flags["truncate"] or flags["trace"] is None
+    try:
+        requests, num_cut = fit_context(requests, context, flags["model"], truncate)
+    except CliError as e:
+        raise CliError(f"{e} (or --max-prompt-len / --max-output-len)") from None
+    notes = []
+    if flags["trace"] is None:
+        notes.append(f"default workload: the first {len(requests)} requests of the bundled Mooncake sample, outputs "
+                     f"cut to {flags['max_output_len']} tokens (--trace, --max-requests, --max-output-len choose others)")
+    if num_cut:
+        desc["num_truncated"] = num_cut
+        notes.append(f"--truncate: {num_cut} of {len(requests)} requests cut to {flags['model']}'s "
+                     f"{context:,}-token context")
+    return requests, notes
+
+
+def _check_profile(flags: dict) -> list[str]:
+    from sim.guards import check_profile
+
+    if flags["profile"] is None or not Path(flags["profile"]).is_dir():
+        return []
+    warning = check_profile(flags["profile"], flags["device"], flags["model"], flags["force"], flag="--profile")
+    if warning:
+        typer.echo(warning, err=True)
+    return [warning] if warning else []
+
+
+def _context_len(model: str) -> int | None:
+    from executor.config import load_config
+
+    return getattr(load_config(model), "max_position_embeddings", None)
+
+
+def _serve(flags: dict, requests, progress):
+    from executor.runner import RunConfig, open_backend, serve
+    from yoda.request import SLO
+
     slo = SLO(ttft_ms=flags["slo_ttft_ms"], tbt_ms=flags["slo_tbt_ms"],
               ttft_ms_per_token=flags["slo_ttft_ms_per_token"])
     cfg = RunConfig(model=flags["model"], weights=flags["weights"], device=flags["device"], policy=flags["policy"],
@@ -90,22 +147,21 @@ def _serve(flags: dict, requests):
         raise ValueError(f"--profile {cfg.profile} is not a directory")
     backend = open_backend(cfg.model, cfg.device, cfg.weights, cfg.num_layers, cfg.seed, cfg.cpu_threads)
     if cfg.policy != "yoda":
-        return serve(requests, cfg, backend)
+        return serve(requests, cfg, backend, progress=progress)
     from calibration.estimators import run_estimator  # the CLI chooses the estimator; the runner is given it
 
-    return serve(requests, cfg, backend, *run_estimator(backend, cfg))
+    return serve(requests, cfg, backend, *run_estimator(backend, cfg), progress=progress)
 
 
-def _simulate(flags: dict, requests, max_prompt_len: int | None, max_output_len: int | None):
+def _simulate(flags: dict, requests):
     """--backend sim: the simulator on the same workload (latency: the profile, else the roofline)."""
-    from executor.runner import clamp_lengths
     from sim.cli import make_config
     from sim.run import simulate
 
     sim_flags = {**flags, "gpu": "h100", "tp": 1, "instances": 1, "prefill_instances": None,
                  "dispatcher": "slo_aware", "latency": str(flags["profile"]) if flags["profile"] else "roofline",
                  "no_contention": False, "ablation": []}
-    return simulate(clamp_lengths(requests, max_prompt_len, max_output_len), make_config(sim_flags))
+    return simulate(requests, make_config(sim_flags))
 
 
 def register(app: typer.Typer) -> None:

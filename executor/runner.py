@@ -217,10 +217,12 @@ def kv_blocks_for(backend: Backend, requests: Sequence[Request], block_size: int
 
 
 def serve(requests: Sequence[Request], cfg: RunConfig, backend: Backend | None = None,
-          estimator=None, estimator_source: str = "given") -> RunResult:
+          estimator=None, estimator_source: str = "given",
+          progress: Callable[[int], None] | None = None) -> RunResult:
     """Serve `requests` (arrival times from 0) in real time. Builds the backend unless given. Policy yoda
     needs `estimator` (a yoda.estimator.Estimator; calibration.estimators.run_estimator makes one from a
-    profile, a quick measurement or the roofline): the executor itself imports no calibration or sim."""
+    profile, a quick measurement or the roofline): the executor itself imports no calibration or sim.
+    `progress(requests finished)` is called as each request finishes."""
     if cfg.policy == "yoda" and estimator is None:
         raise ValueError("policy yoda needs an estimator: pass one (calibration.estimators.run_estimator)")
     started = time.perf_counter()
@@ -252,7 +254,7 @@ def serve(requests: Sequence[Request], cfg: RunConfig, backend: Backend | None =
     if cfg.warmup:
         longest = max((r.prompt_len for r in requests), default=48)
         warm_up(engine, backend, min(max(longest, 48), 8192, kv_blocks // 2 * cfg.block_size - 1))
-    driver = _Driver(backend, engine, scheduler, cfg)
+    driver = _Driver(backend, engine, scheduler, cfg, progress)
     records = driver.run(sorted(requests, key=lambda r: (r.arrival_at, r.request_id)))
     metrics = compute_metrics(records, cfg.slo)
     metrics.update(policy=cfg.policy, backend="executor", device=cfg.device, model=cfg.model,
@@ -308,8 +310,10 @@ def warm_up(engine: Engine, backend: Backend, longest: int) -> None:
 class _Driver:
     """One run: wall clock, arrivals, the plan/start/poll loop and per-request token bookkeeping."""
 
-    def __init__(self, backend: Backend, engine: Engine, scheduler, cfg: RunConfig) -> None:
+    def __init__(self, backend: Backend, engine: Engine, scheduler, cfg: RunConfig,
+                 progress: Callable[[int], None] | None = None) -> None:
         self.backend, self.engine, self.scheduler, self.cfg = backend, engine, scheduler, cfg
+        self.progress = progress
         self.vocab = backend.model.config.vocab_size
         self.busy: dict[str, Launch] = {}
         self.live: dict[int, tuple[Request, RequestRecord, list[int]]] = {}  # id -> request, record, prompt
@@ -406,6 +410,8 @@ class _Driver:
         self.outputs[rid] = tokens
         self.engine.free(rid)
         del self.live[rid], self.seen_preemptions[rid]
+        if self.progress is not None:
+            self.progress(len(self.outputs))
 
     def _sync_preempted(self) -> None:
         """Requests preempted in this plan restart from a prompt of their prompt + generated tokens."""

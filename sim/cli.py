@@ -14,13 +14,13 @@ import json
 import os
 import shlex
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any
 
 import typer
-from typer.core import TyperCommand
 
+from sim.cli_errors import OneLineErrors, fail, user_errors
+from sim.guards import check_latency, fit_trace
 from yoda.policies import policy_names
 
 LATENCY_HELP = ("measured (Vidur's kernel tables, the default), roofline (analytic), pdmux (paper fits) or a "
@@ -62,38 +62,15 @@ CRITERION = typer.Option("strict", "--criterion", help="strict (the headline: fl
                          "of requests meet TTFT and have their own P99 gap within TBT) or attainment (>= 90% of "
                          "requests meet TTFT and TPOT)")
 MAX_PROBES = typer.Option(20, "--max-probes", help="most simulations the goodput search runs")
+DEFAULT_SWEEP_RATES = "0.25,0.5,1,2"
+FORCE = typer.Option(False, "--force", help="use a --latency profile measured on another GPU or model (warns)")
+TRUNCATE = typer.Option(False, "--truncate", help="cut requests longer than the model's context to fit it "
+                        "(outputs to half the context, prompts to the rest) instead of refusing the trace")
 
 
-# NOTE: typer >= 0.29 vendors click (typer._click): take its UsageError from a public typer exception
-_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
-
-
-class _OneLineErrors(TyperCommand):
-    """Flag parsing errors (a bad number, a missing option) also end as one `error: ...` line, exit 2."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        ctx.meta["raw_args"] = list(args)  # for the command line recorded in results
-        try:
-            return super().parse_args(ctx, args)
-        except _USAGE_ERROR as e:
-            typer.echo(f"error: {e.format_message()}", err=True)
-            raise typer.Exit(2) from None
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Errors caused by the user's flags or files become one error line."""
-    try:
-        yield
-    except KeyError as e:
-        _fail(str(e.args[0]) if e.args else str(e))
-    except (ValueError, TypeError, OSError) as e:
-        _fail(str(e))
+_OneLineErrors = OneLineErrors  # the names the other CLI modules import from here
+_fail = fail
+_user_errors = user_errors
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -202,6 +179,7 @@ def simulate_cmd(
     workers: int | None = typer.Option(None, "--workers", help="processes for a cluster whose instances never "
                                        "interact (round-robin dispatch, no disagg; same results): one instance "
                                        "each, up to this many at a time (default: CPU count)"),
+    force: bool = FORCE, truncate: bool = TRUNCATE,
     out: Path | None = typer.Option(None, "--out", help="write results.json, requests.parquet, timeline.parquet, "
                                     "latency_cdf.png and timeline.png here"),
     as_json: bool = JSON_OUT,
@@ -210,6 +188,7 @@ def simulate_cmd(
     Default SLO: TTFT 1000 ms or 0.25 ms per prompt token (whichever is larger), TBT 50 ms, at P99."""
     flags = {k: v for k, v in locals().items() if k != "ctx"}
     from sim.outputs import format_value, print_results, results_dict, short_trace, write_results
+    from sim.progress import progress_bar
     from sim.run import simulate
     from sim.workloads import load_workload
 
@@ -217,8 +196,12 @@ def simulate_cmd(
         if workers is not None and workers < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
         cfg = make_config(flags)
+        notes = check_latency(flags)
         requests, desc = load_workload(_trace(flags), fmt, rate, scale, replay, cv, seed, max_requests, skip_bad)
-    result = simulate(requests, cfg, workers=workers or os.cpu_count() or 1)
+        requests, notes[len(notes):] = fit_trace(requests, desc, flags)
+    with progress_bar("simulate", len(requests), "requests", enabled=not as_json) as update:
+        result = simulate(requests, cfg, workers=workers or os.cpu_count() or 1,
+                          progress=update and (lambda sim_s, done: update(done, f"{sim_s:,.0f} simulated s")))
     # the rate asked for (--rate, or --scale x the trace's own), beside the offered_rate the run measured
     extra = {"requested_rate": desc.get("target_rate_rps"),
              "scheduler_counters": scheduler_counters(result), "workload": desc, "command": _command_line(ctx),
@@ -228,8 +211,9 @@ def simulate_cmd(
     if out is not None:
         with _user_errors():
             paths = write_results(out, result, extra)
-    print_results(res, f"{cfg.policy} on {short_trace(desc['trace'])} ({len(requests)} requests, "
-                       f"{format_value(desc['mean_rate_rps'], 3)} req/s)", as_json, paths)
+    print_results(res, f"simulated {cfg.policy} on {cfg.num_instances}x {cfg.gpu}, {cfg.model}: "
+                       f"{short_trace(desc['trace'])} ({len(requests)} requests, "
+                       f"{format_value(desc['mean_rate_rps'], 3)} req/s)", as_json, paths, notes)
 
 
 def goodput_cmd(
@@ -241,7 +225,9 @@ def goodput_cmd(
     seed: int = SEED, max_requests: int | None = MAX_REQUESTS, option: list[str] = OPTION,
     ablation: list[str] = ABLATION, no_contention: bool = NO_CONTENTION, contention: str = CONTENTION, skip_bad: bool = SKIP_BAD,
     start_rps: float | None = START_RPS, criterion: str = CRITERION, max_probes: int = MAX_PROBES,
-    out: Path | None = typer.Option(None, "--out", help="write goodput.json here"),
+    force: bool = FORCE, truncate: bool = TRUNCATE,
+    out: Path | None = typer.Option(None, "--out", help="write goodput.json and goodput.png (attainment "
+                                    "against rate, the rate found and the target drawn) here"),
     as_json: bool = JSON_OUT,
 ) -> None:
     """Search the highest request rate that meets the SLOs (bisection, same seed at every probe).
@@ -249,40 +235,34 @@ def goodput_cmd(
     flags = {k: v for k, v in locals().items() if k != "ctx"}
     import time
 
-    from sim.outputs import console, json_safe
-    from sim.sweep import config_to_dict, search
+    from sim.goodput_report import print_goodput, search_with_progress, write_goodput
+    from sim.outputs import json_safe
+    from sim.sweep import config_to_dict
     from sim.workloads import check_replay, load_base
 
     with _user_errors():
         _check_goodput_flags(start_rps, criterion, max_probes)
         cfg = make_config(flags)
+        notes = check_latency(flags)
         check_replay(None, None, replay, cv)
         requests, desc = load_base(_trace(flags), fmt, seed, max_requests, skip_bad)
-    err = console(stderr=True)
+        requests, notes[len(notes):] = fit_trace(requests, desc, flags)
     started = time.perf_counter()
-
-    def on_probe(rate: float, metrics: dict) -> None:
-        err.print(_probe_line(rate, metrics, criterion), highlight=False)
-
     with _user_errors():
-        found = search(requests, desc, cfg, replay, cv, seed, start_rps, criterion, max_probes, on_probe)
+        found, reasons = search_with_progress(requests, desc, cfg, flags, as_json, _probe_line)
+    probes = [{**p, **reasons.get(p["rate_rps"], {})} for p in found.probes]
     res = json_safe({"goodput_rps": found.goodput_rps, "goodput_offered_rps": found.goodput_offered_rps,
                      "criterion": criterion, "policy": cfg.policy,
                      "trace": desc["trace"], "slo_ttft_ms": cfg.slo.ttft_ms,
                      "slo_ttft_ms_per_token": cfg.slo.ttft_ms_per_token, "slo_tbt_ms": cfg.slo.tbt_ms,
-                     "slo_percentile": cfg.slo.percentile, "num_probes": len(found.probes), "probes": found.probes,
+                     "slo_percentile": cfg.slo.percentile, "num_probes": len(probes), "probes": probes,
                      "wall_s": time.perf_counter() - started, "workload": desc, "config": config_to_dict(cfg),
-                     "command": _command_line(ctx), "flags": _jsonable_flags(flags)})
-    if out is not None:
-        with _user_errors():
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "goodput.json").write_text(json.dumps(res, indent=2) + "\n")
+                     "command": _command_line(ctx), "flags": _jsonable_flags(flags), "notes": notes})
+    paths = write_goodput(out, res) if out is not None else []
     if as_json:
         sys.stdout.write(json.dumps(res) + "\n")
         return
-    console().print(f"goodput of {cfg.policy} on {desc['trace']} ({criterion}, TTFT {cfg.slo.ttft_ms:g} ms, "
-                    f"TBT {cfg.slo.tbt_ms:g} ms): [bold]{found.goodput_rps:.3f} req/s[/] "
-                    f"({len(found.probes)} probes, {res['wall_s']:.1f} s)", highlight=False)
+    print_goodput(res, cfg, desc, notes, paths)
 
 
 def _probe_line(rate: float, m: dict, criterion: str) -> str:
@@ -326,7 +306,8 @@ def sweep_cmd(
     policies: str = typer.Option("yoda,chunked", "--policies", help="comma-separated policies"),
     traces: str | None = typer.Option(None, "--traces", help="comma-separated traces (files or synthetic:NAME[:N]); "
                                       "default: the bundled mooncake sample"),
-    rates: str | None = typer.Option(None, "--rates", help="comma-separated request rates (req/s)"),
+    rates: str | None = typer.Option(None, "--rates", help="comma-separated request rates (req/s); default "
+                                     f"{DEFAULT_SWEEP_RATES} unless --goodput"),
     goodput: bool = typer.Option(False, "--goodput", help="search each cell's goodput instead of fixed rates"),
     slo_tbt_ms: str = typer.Option("50", "--slo-tbt-ms", help="comma-separated TBT targets (ms)"),
     fmt: str | None = FORMAT, gpu: str = GPU, model: str = MODEL, tp: int = TP, instances: int = INSTANCES,
@@ -338,24 +319,34 @@ def sweep_cmd(
     criterion: str = CRITERION, max_probes: int = MAX_PROBES,
     workers: int | None = typer.Option(None, "--workers", help="local worker processes (default: CPU count)"),
     ray: str | None = typer.Option(None, "--ray", help="Ray cluster address (needs the [ray] extra); trace files "
-                                   "must be readable at the same path on every node"),
-    out: Path = typer.Option(..., "--out", help="write sweep.csv, sweep.json and the plot here"),
+                                   "are sent as absolute paths and must be readable at that path on every node"),
+    force: bool = FORCE, truncate: bool = TRUNCATE,
+    out: Path | None = typer.Option(None, "--out", help="write sweep.csv, sweep.json and the plot here "
+                                    "(default: runs/sweep, or nothing with --json)"),
+    as_json: bool = typer.Option(False, "--json", help="print the sweep (its rows) as one JSON object on stdout, "
+                                 "nothing else"),
 ) -> None:
     """Run a grid of policies x traces x rates (or x TBT SLOs with --goodput) in parallel.
     Default SLO: TTFT 1000 ms or 0.25 ms per prompt token (whichever is larger), TBT 50 ms, at P99."""
     flags = {k: v for k, v in locals().items() if k != "ctx"}
-    from sim.outputs import console, sweep_table
+    from sim.outputs import console, json_safe, sweep_table
     from sim.sweep import write_sweep
 
     with _user_errors():
         cells = _sweep_cells(flags)
-    rows = _run_with_progress(cells, workers, ray)
-    with _user_errors():
-        paths = write_sweep(out, rows, {"command": _command_line(ctx), "flags": _jsonable_flags(flags),
-                                        "num_cells": len(cells)})
-    stdout = console()
-    stdout.print(sweep_table(rows, goodput))
-    stdout.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    rows = _run_with_progress(cells, workers, ray, enabled=not as_json)
+    meta = {"command": _command_line(ctx), "flags": _jsonable_flags(flags), "num_cells": len(cells)}
+    out = out if out is not None or as_json else Path("runs/sweep")
+    paths = {}
+    if out is not None:
+        with _user_errors():
+            paths = write_sweep(out, rows, meta)
+    if as_json:
+        sys.stdout.write(json.dumps(json_safe({**meta, "rows": rows})) + "\n")
+    else:
+        stdout = console()
+        stdout.print(sweep_table(rows, goodput))
+        stdout.print("wrote " + ", ".join(str(p) for p in paths.values()), markup=False)
     failed = [row for row in rows if row.get("error")]
     if failed:
         typer.echo(f"error: {len(failed)} of {len(rows)} cells failed; first: {failed[0]['error']}", err=True)
@@ -364,11 +355,14 @@ def sweep_cmd(
 
 def _sweep_cells(flags: dict) -> list[dict]:
     """Check the sweep flags (before any process starts) and build its cells."""
+    from sim.guards import fit_context, model_context_len, resolve_traces
     from sim.sweep import check_ray, config_to_dict, make_cells
     from sim.workloads import check_replay, load_base
 
-    if (flags["rates"] is None) == (not flags["goodput"]):
-        raise ValueError("give --rates r1,r2,... or --goodput (one of them)")
+    if flags["rates"] is not None and flags["goodput"]:
+        raise ValueError("give --rates r1,r2,... or --goodput, not both")
+    if flags["rates"] is None and not flags["goodput"]:
+        flags = {**flags, "rates": DEFAULT_SWEEP_RATES}
     if flags["workers"] is not None and flags["workers"] < 1:
         raise ValueError(f"--workers must be >= 1, got {flags['workers']}")
     if flags["ray"] is not None:
@@ -378,14 +372,21 @@ def _sweep_cells(flags: dict) -> list[dict]:
     rates = _floats(flags["rates"], "--rates") if flags["rates"] is not None else None
     slos = _floats(flags["slo_tbt_ms"], "--slo-tbt-ms")
     policies = _names(flags["policies"])
-    trace_list = _names(flags["traces"]) if flags["traces"] else [_trace({"trace": None})]
+    trace_list = resolve_traces(_names(flags["traces"]) if flags["traces"] else [_trace({"trace": None})])
     if not policies or not trace_list:
         raise ValueError("--policies and --traces need at least one name each")
+    if Path(flags["latency"]).is_dir():  # workers elsewhere resolve nothing against our directory
+        check_latency(flags)
+        flags = {**flags, "latency": str(Path(flags["latency"]).resolve())}
     configs = {p: make_config({**flags, "slo_tbt_ms": slos[0]}, policy=p, strict=False) for p in policies}
+    context = model_context_len(flags["model"])
     for trace in trace_list:
-        load_base(trace, flags["fmt"], flags["seed"], flags["max_requests"], flags["skip_bad"])
+        requests, _ = load_base(trace, flags["fmt"], flags["seed"], flags["max_requests"], flags["skip_bad"])
+        fit_context(requests, context, flags["model"], flags["truncate"])
     workload = {k: flags[v] for k, v in (("format", "fmt"), ("replay", "replay"), ("cv", "cv"), ("seed", "seed"),
                                          ("max_requests", "max_requests"), ("skip_bad", "skip_bad"))}
+    if flags["truncate"]:
+        workload["truncate_to"] = context
     goodput = ({k: flags[k] for k in ("start_rps", "criterion", "max_probes")} if flags["goodput"] else None)
     cells = []
     for policy in policies:
@@ -393,21 +394,20 @@ def _sweep_cells(flags: dict) -> list[dict]:
     return cells
 
 
-def _run_with_progress(cells: list[dict], workers: int | None, ray_address: str | None) -> list[dict]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+def _run_with_progress(cells: list[dict], workers: int | None, ray_address: str | None,
+                       enabled: bool = True) -> list[dict]:
     from sim.outputs import short_trace
+    from sim.progress import progress_bar
     from sim.sweep import SweepError, run_cells
 
-    columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.description}"))
-    with Progress(*columns, console=Console(stderr=True)) as progress:
-        task = progress.add_task("", total=len(cells))
+    with progress_bar("sweep", len(cells), "cells", enabled) as update:
+        done: list[dict] = []
 
         def on_done(row: dict) -> None:
+            done.append(row)
             at = f"{row['rate_rps']:g} req/s" if row["rate_rps"] is not None else f"TBT {row['slo_tbt_ms']:g} ms"
-            progress.update(task, advance=1, description=f"{row['policy']} {short_trace(row['trace'])} {at}")
+            if update:
+                update(len(done), f"{row['policy']} {short_trace(row['trace'])} {at}")
 
         try:
             return run_cells(cells, workers, ray_address, on_done)

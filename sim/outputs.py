@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,9 +16,6 @@ import numpy as np
 import pandas as pd
 
 from yoda.request import SLO, RequestRecord
-
-MAX_POINTS = 4000  # points per plotted line; longer series are binned or subsampled
-
 
 def records_frame(records: Sequence[RequestRecord], slo: SLO | None = None) -> pd.DataFrame:
     """One row per request: lengths, placement, latencies (ms), reuse, preemptions, rejection."""
@@ -76,10 +72,19 @@ def results_dict(result, extra: dict | None = None) -> dict:
     """The results JSON: metrics at the top level (vllm bench style), then config, wall time and `extra`."""
     from dataclasses import asdict
 
-    out = {**result.metrics, "config": asdict(result.config), "wall_s": result.wall_s,
+    out = {**result.metrics, **slo_breakdown(result.records, result.config.slo), "config": asdict(result.config),
+           "wall_s": result.wall_s,
            "sim_end_s": result.sim_end_s,
            "sim_requests_per_wall_s": len(result.records) / max(result.wall_s, 1e-9), **(extra or {})}
     return json_safe(out)
+
+
+def slo_breakdown(records: Sequence[RequestRecord], slo: SLO) -> dict:
+    """Share of requests meeting each SLO on its own (refused and unfinished ones miss both)."""
+    n = max(len(records), 1)
+    ttft = sum(r.finished and r.ttft_s is not None and r.ttft_s <= slo.ttft_target_s(r.prompt_len) for r in records)
+    tpot = sum(r.finished and (r.tpot_s is None or r.tpot_s <= slo.tbt_s) for r in records)
+    return {"slo_ttft_attainment": ttft / n, "slo_tpot_attainment": tpot / n}
 
 
 def write_results(out_dir: str | Path, result, extra: dict | None = None, plots: bool = True) -> dict[str, Path]:
@@ -98,248 +103,11 @@ def write_results(out_dir: str | Path, result, extra: dict | None = None, plots:
     return paths
 
 
-# ---- plots ------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+# ---- plots: sim/plots.py (re-exported for the modules that import them from here) ---------------------
+from sim.plots import (MAX_POINTS, _pyplot, _save, plot_goodput, plot_latency_cdf,  # noqa: E402,F401
+                       plot_sweep, plot_timeline)
 
 
-def _cdf(ax, values: np.ndarray, label: str) -> None:
-    values = np.sort(values)
-    if values.size == 0:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        return
-    q = np.linspace(0.0, 1.0, min(values.size, MAX_POINTS))
-    ax.plot(np.quantile(values, q), q, label=label)
-
-
-def plot_latency_cdf(records: Sequence[RequestRecord], slo: SLO, path: str | Path, title: str = "") -> Path:
-    """TTFT, TBT (every token gap) and E2E CDFs of finished requests, with the SLO targets drawn."""
-    from yoda.metrics import all_tbt_gaps_s
-
-    plt = _pyplot()
-    done = [r for r in records if r.finished]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    _cdf(axes[0], np.array([r.ttft_s for r in done], dtype=float) * 1000, "TTFT")
-    axes[0].axvline(slo.ttft_ms, color="red", linestyle="--", label=f"TTFT SLO {slo.ttft_ms:g} ms")
-    if slo.ttft_ms_per_token:  # targets grow with the prompt: show their distribution too
-        targets = np.array([slo.ttft_target_s(r.prompt_len) for r in done], dtype=float) * 1000
-        _cdf(axes[0], targets, f"TTFT targets (>= {slo.ttft_ms_per_token:g} ms/prompt token)")
-    _cdf(axes[1], all_tbt_gaps_s(done) * 1000, "TBT")
-    axes[1].axvline(slo.tbt_ms, color="red", linestyle="--", label=f"TBT SLO {slo.tbt_ms:g} ms")
-    _cdf(axes[2], np.array([r.e2e_s for r in done], dtype=float), "E2E")
-    for ax, xlabel in zip(axes, ("TTFT (ms)", "TBT (ms)", "E2E (s)")):
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("CDF")
-        ax.axhline(slo.percentile / 100, color="grey", linestyle=":", linewidth=0.8)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle(title or f"{len(done)} of {len(records)} requests finished")
-    return _save(fig, path)
-
-
-def _binned(frame: pd.DataFrame, column: str, how: str, span_s: float) -> pd.Series:
-    """`column` against time, aggregated over at most MAX_POINTS time bins."""
-    if len(frame) <= MAX_POINTS:
-        return frame.set_index("at")[column]
-    width = max(span_s, 1e-9) / MAX_POINTS
-    bins = (frame["at"] // width) * width
-    return frame.groupby(bins)[column].agg(how)
-
-
-def _per_second(frame: pd.DataFrame, column: str, span_s: float, num_bins: int = 200) -> pd.Series:
-    """`column` summed over time bins and divided by the bin width: a rate per second."""
-    width = max(span_s, 1e-9) / num_bins
-    bins = (frame["at"] // width) * width
-    return frame.groupby(bins)[column].sum().reindex(np.arange(num_bins + 1) * width, fill_value=0) / width
-
-
-def plot_timeline(timeline: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Decode batch size, prefill tokens started per second, queue length and SM split over time, per
-    instance."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(4, 1, figsize=(12, 11), sharex=True)
-    span_s = float(timeline["at"].max()) if len(timeline) else 0.0
-    for index, frame in timeline.groupby("instance"):
-        decode, prefill = frame[frame["lane"] == "decode"], frame[frame["lane"] != "decode"]
-        series = [(axes[0], decode, "decode_batch", "mean", "-"), (axes[1], prefill, "prefill_tokens", "rate", "-"),
-                  (axes[2], frame, "queued", "mean", "-"), (axes[3], decode, "num_sms", "mean", "-"),
-                  (axes[3], prefill, "num_sms", "mean", "--")]
-        for ax, part, column, how, style in series:
-            if len(part):
-                s = _per_second(part, column, span_s) if how == "rate" else _binned(part, column, how, span_s)
-                lane = "" if ax is not axes[3] else (" decode" if style == "-" else " prefill")
-                ax.step(s.index, s.values, where="post", linestyle=style, linewidth=0.8, color=f"C{int(index) % 10}",
-                        label=f"instance {index}{lane}")
-    labels = ("decode batch", "prefill tokens/s started", "queued requests", "SMs (decode -, prefill --)")
-    for ax, label in zip(axes, labels):
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(loc="upper right", fontsize=7, ncol=4)
-    axes[-1].set_xlabel("time (s)")
-    fig.suptitle(title or "timeline" + ("" if len(timeline) else " (empty)"))
-    return _save(fig, path)
-
-
-def plot_sweep(rows: pd.DataFrame, path: str | Path) -> Path:
-    """Rates sweep: SLO attainment and P99 TBT against rate, one line per policy (and TBT SLO when
-    several), one column per trace. Goodput sweep: goodput against the TBT SLO, one line per policy."""
-    plt = _pyplot()
-    goodput = "goodput_rps" in rows and rows["goodput_rps"].notna().any()
-    trace_names = list(dict.fromkeys(rows["trace"]))
-    nrows = 1 if goodput else 2
-    fig, axes = plt.subplots(nrows, len(trace_names), figsize=(5.5 * len(trace_names), 4 * nrows), squeeze=False)
-    by_slo = not goodput and rows["slo_tbt_ms"].nunique() > 1
-    for col, trace in enumerate(trace_names):
-        for keys, group in rows[rows["trace"] == trace].groupby(["policy", "slo_tbt_ms"] if by_slo else ["policy"],
-                                                                  sort=False):
-            label = f"{keys[0]} (TBT {keys[1]:g} ms)" if by_slo else keys[0]
-            if goodput:
-                g = group.groupby("slo_tbt_ms")["goodput_rps"].mean()
-                axes[0][col].plot(g.index, g.values, marker="o", label=label)
-                continue
-            g = group.sort_values("rate_rps")
-            axes[0][col].plot(g["rate_rps"], g["slo_attainment"], marker="o", label=label)
-            axes[1][col].plot(g["rate_rps"], g["p99_tbt_ms"], marker="o", label=label)
-        _sweep_axes(axes, col, trace, goodput, rows)
-    return _save(fig, path)
-
-
-def _sweep_axes(axes, col: int, trace: str, goodput: bool, rows: pd.DataFrame) -> None:
-    top = axes[0][col]
-    top.set_title(Path(trace).name if not trace.startswith("synthetic:") else trace, fontsize=9)
-    if goodput:
-        top.set_xlabel("TBT SLO (ms)")
-        top.set_ylabel("goodput (req/s)")
-    else:
-        top.set_ylabel("SLO attainment")
-        top.set_ylim(-0.02, 1.02)
-        bottom = axes[1][col]
-        bottom.set_xlabel("rate (req/s)")
-        if rows["rate_rps"].max() >= 10 * rows["rate_rps"].min():
-            top.set_xscale("log")
-            bottom.set_xscale("log")
-        bottom.set_ylabel("P99 TBT (ms)")
-        for slo_ms in rows["slo_tbt_ms"].unique():
-            bottom.axhline(slo_ms, color="red", linestyle="--", linewidth=0.8)
-    for row in axes:
-        row[col].grid(alpha=0.3)
-        if row[col].lines:
-            row[col].legend(fontsize=7)
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return path
-
-
-# ---- printed summaries (rich) ---------------------------------------------------------------------
-def format_value(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
-def format_ms(value: float | None) -> str:
-    return format_value(value, 1 if value is not None and value < 100 else 0)
-
-
-def console(stderr: bool = False):
-    """A rich console on stdout (or stderr); piped output is not squeezed into 80 columns."""
-    from rich.console import Console
-
-    out = Console(stderr=stderr)
-    return out if out.is_terminal else Console(stderr=stderr, width=160)
-
-
-def summary_table(res: dict, title: str):
-    """The rich table `yoda simulate` prints from a results dict (sim.outputs.results_dict)."""
-    from rich.table import Table
-
-    v, pct = format_value, f"P{res['slo_percentile']:g}"
-    rows = [("requests", v(res["num_requests"])), ("completed", v(res["completed"])), ("rejected", v(res["rejected"])),
-            ("load: requested / offered (steady window)",
-             f"{v(res.get('requested_rate'), 3)} / {v(res['offered_rate'], 3)} "
-             f"({v(res.get('offered_rate_steady'), 3)}) req/s"),
-            ("throughput", f"{v(res['request_throughput'], 3)} req/s, {v(res['output_throughput'], 0)} output tok/s")]
-    for name, key in (("TTFT", "ttft"), ("TBT", "tbt"), ("TPOT", "tpot"), ("E2E", "e2el")):
-        values = " / ".join(format_ms(res[f"{stat}_{key}_ms"]) for stat in ("mean", "p50", "p90", "p99"))
-        rows.append((f"{name} mean / p50 / p90 / p99 (ms)", values))
-    counters = sorted((res.get("scheduler_counters") or {}).items())
-    rows += [
-        ("SLO", f"TTFT {res['slo_ttft_ms']:g} ms (or {res['slo_ttft_ms_per_token']:g} ms/token), "
-                f"TBT {res['slo_tbt_ms']:g} ms, {pct}"),
-        ("SLO attainment (TTFT and TPOT)", f"{res['slo_attainment']:.1%}"),
-        (f"SLO attainment (TTFT and each request's {pct} gap)", f"{res['slo_attainment_per_request_tbt']:.1%}"),
-        ("fleet SLO met", f"{v(res['fleet_slo_met'])} ({pct} TTFT/target {v(res['slo_ttft_ratio_at_percentile'], 2)}, "
-                          f"{pct} TBT {v(res['slo_tbt_at_percentile_ms'])} ms)"),
-        ("KV reuse", f"{res['kv_reuse_fraction']:.1%} of prompt tokens"),
-        ("preemptions", v(res["num_preemptions"])),
-        *((f"scheduler: {name}", v(count)) for name, count in counters),
-        ("simulated time", f"{v(res['sim_end_s'])} s"),
-        ("wall time", f"{v(res['wall_s'], 2)} s ({v(res['sim_requests_per_wall_s'], 0)} requests / wall s)"),
-    ]
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in rows:
-        table.add_row(name, value)
-    return table
-
-
-def short_trace(trace: str) -> str:
-    return trace if trace.startswith("synthetic:") else Path(trace).name
-
-
-def sweep_table(rows: list[dict], goodput: bool):
-    """The rich table `yoda sweep` prints: one row per cell."""
-    from rich import box
-    from rich.table import Table
-
-    traces = list(dict.fromkeys(short_trace(row["trace"]) for row in rows))
-    table = Table(title=f"sweep ({len(rows)} cells" + (f" on {traces[0]})" if len(traces) == 1 else ")"),
-                  box=box.SIMPLE_HEAD)
-    v = format_value
-    columns = [("TBT SLO", lambda r: f"{r['slo_tbt_ms']:g}")]
-    if goodput:
-        columns += [("goodput", lambda r: v(r["goodput_rps"], 3)), ("probes", lambda r: v(r["num_probes"]))]
-    else:
-        columns += [("rate", lambda r: f"{r['rate_rps']:g}"), ("attain", lambda r: f"{r['slo_attainment']:.0%}"),
-                    ("P99 TTFT", lambda r: v(r["p99_ttft_ms"], 0)), ("P99 TBT", lambda r: v(r["p99_tbt_ms"])),
-                    ("fleet", lambda r: v(r["fleet_slo_met"])), ("rej", lambda r: v(r["rejected"]))]
-    columns.append(("wall s", lambda r: v(r["wall_s"])))
-    table.add_column("policy", no_wrap=True)
-    if len(traces) > 1:
-        table.add_column("trace", max_width=28, no_wrap=True, overflow="ellipsis")
-    for name, _ in columns:
-        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
-    for row in rows:
-        values = [get(row) for _, get in columns] if not row.get("error") else ["[red]failed[/]"]
-        table.add_row(row["policy"], *([short_trace(row["trace"])] if len(traces) > 1 else []), *values)
-    return table
-
-
-def print_results(res: dict, title: str, as_json: bool, paths: dict | None = None, notes: Sequence[str] = ()) -> None:
-    """Show a run's results: with --json the results JSON alone on stdout, else the summary table, any
-    notes, and the files written. Shared by `yoda simulate`, `yoda run` and `yoda bench`."""
-    if as_json:
-        sys.stdout.write(json.dumps(res) + "\n")
-        return
-    stdout = console()
-    stdout.print(summary_table(res, title))
-    for note in notes:
-        stdout.print(note, highlight=False)
-    if paths:
-        stdout.print("wrote " + ", ".join(str(p) for p in paths.values()))
+# ---- printed summaries: sim/summary.py (re-exported for the commands that import them from here) ------
+from sim.summary import (console, format_ms, format_value, print_results, short_trace,  # noqa: E402,F401
+                         summary_table, sweep_table)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import simpy
 
@@ -21,6 +21,7 @@ from sim.measured_latency import MeasuredLatency
 from sim.profile_table import ProfileTableLatency
 from sim.model_spec import ModelSpec, get_model, kv_capacity_blocks
 from sim.sampling import estimator_for
+from sim.progress import run_reporting
 from sim.shards import run_sharded, shardable
 from yoda.disaggregation import DisaggDecode, DisaggPrefill
 from yoda.dispatcher import make_dispatcher
@@ -29,6 +30,9 @@ from yoda.partitions import PartitionMenu
 from yoda.policies import make_scheduler, policy_names
 from yoda.request import SLO, Request, RequestRecord
 from yoda.scheduler import SchedulerConfig
+
+
+Progress = Callable[[float, int], None]  # (simulated seconds, requests finished)
 
 
 @dataclass(frozen=True)
@@ -163,12 +167,17 @@ def sum_counters(counters: Iterable[dict[str, int]]) -> dict[str, int]:
     return total
 
 
-def run_part(requests: Sequence[Request], cfg: SimConfig, block_size: int, only: int | None = None) -> RunPart:
-    """Replay `requests` (in arrival order) through the cluster, or through instance `only` alone."""
+def run_part(requests: Sequence[Request], cfg: SimConfig, block_size: int, only: int | None = None,
+             progress: Progress | None = None) -> RunPart:
+    """Replay `requests` (in arrival order) through the cluster, or through instance `only` alone;
+    `progress(simulated s, requests finished)` is called now and then when given."""
     env = simpy.Environment()
     cluster = build(cfg, env, block_size, only)
     env.process(cluster.replay_open_loop(requests))
-    env.run()
+    if progress is None:
+        env.run()
+    else:
+        run_reporting(env, lambda: sum(r.finished_at is not None for r in cluster.records()), progress)
     records = cluster.records()
     unfinished = [r.request_id for r in records if r.finished_at is None]
     if unfinished:
@@ -179,17 +188,19 @@ def run_part(requests: Sequence[Request], cfg: SimConfig, block_size: int, only:
     return RunPart(records, [g.timeline for g in cluster.instances], counters, env.now)
 
 
-def simulate(requests: Sequence[Request], cfg: SimConfig, workers: int = 1) -> SimResult:
+def simulate(requests: Sequence[Request], cfg: SimConfig, workers: int = 1,
+             progress: Progress | None = None) -> SimResult:
     """Replay `requests` through the simulated cluster. With `workers` > 1, a cluster whose instances never
     interact (round-robin dispatch, no disaggregation) runs one instance per process, up to `workers` at a
-    time; the records are the same as in one process."""
+    time; the records are the same as in one process. `progress` (simulated s, requests finished) is
+    called now and then (in one process only)."""
     started = time.perf_counter()
     block_size = cfg.block_size or auto_block_size(requests)
     ordered = sorted(requests, key=lambda r: (r.arrival_at, r.request_id))
     if workers > 1 and shardable(cfg):
         part = run_sharded(ordered, cfg, block_size, workers)
     else:
-        part = run_part(ordered, cfg, block_size)
+        part = run_part(ordered, cfg, block_size, progress=progress)
     metrics = compute_metrics(part.records, cfg.slo)
     metrics.update(policy=cfg.policy, gpu=cfg.gpu, model=cfg.model, tp=cfg.tp, num_instances=cfg.num_instances)
     metrics["scheduler_counters"] = part.counters

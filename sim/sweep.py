@@ -75,7 +75,10 @@ def _rate_row(cell: dict) -> dict:
     from sim.run import simulate
     from sim.workloads import load_workload
 
-    requests, desc = load_workload(**cell["workload"], rate=cell["rate_rps"])
+    workload = dict(cell["workload"])
+    truncate_to = workload.pop("truncate_to", None)
+    requests, desc = load_workload(**workload, rate=cell["rate_rps"])
+    requests = _truncated(requests, truncate_to, cell["config"]["model"])
     result = simulate(requests, config_from_dict(cell["config"]))
     return {"achieved_rate_rps": desc["mean_rate_rps"], "requested_rate": desc.get("target_rate_rps"),
             "offered_rate": result.metrics["offered_rate"], **{k: result.metrics[k] for k in ROW_METRICS},
@@ -88,12 +91,21 @@ def _goodput_row(cell: dict) -> dict:
     w = cell["workload"]
     requests, desc = load_base(w["trace"], w.get("format"), w.get("seed", 0), w.get("max_requests"),
                                w.get("skip_bad", False))
+    requests = _truncated(requests, w.get("truncate_to"), cell["config"]["model"])
     settings = cell["goodput"]
     found = search(requests, desc, config_from_dict(cell["config"]), replay=w.get("replay", "original"),
                    cv=w.get("cv", 1.0), seed=w.get("seed", 0), **settings)
     return {"goodput_rps": found.goodput_rps, "goodput_offered_rps": found.goodput_offered_rps,
             "criterion": found.criterion, "num_probes": len(found.probes),
             "probes": found.probes}
+
+
+def _truncated(requests, context_len: int | None, model: str):
+    """--truncate: requests cut to the model's context (sim.guards.fit_context)."""
+    if context_len is None:
+        return requests
+    from sim.guards import fit_context
+    return fit_context(requests, context_len, model, truncate=True)[0]
 
 
 def search(requests, desc: dict, cfg, replay: str = "original", cv: float = 1.0, seed: int = 0,

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import typer
 
+# NOTE: no rich markup in help: it would eat bracketed text such as the `[ray]` of an extra's name
 app = typer.Typer(help="Yoda: SLO-oriented LLM serving with PD multiplexing.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+@app.callback()
+def _options(ctx: typer.Context,
+             debug: bool = typer.Option(False, "--debug", help="show the full traceback of an unexpected error "
+                                        "(default: one line and the file it was written to)")) -> None:
+    ctx.meta["yoda_debug"] = debug
 
 
 def _mount() -> None:

@@ -62,7 +62,7 @@ def test_simulate_out_writes_every_file(tmp_path: Path) -> None:
     res = json.loads((out / "results.json").read_text())
     assert res["workload"]["target_rate_rps"] == 1.0
     assert res["command"].startswith("yoda simulate --policy yoda --max-requests 40")
-    for text in ("completed", "TTFT", "SLO attainment", "requests / wall s"):
+    for text in ("served", "TTFT", "SLO attainment", "requests / wall s"):
         assert text in result.stdout
 
 
@@ -117,7 +117,7 @@ def test_workers_leave_the_results_unchanged() -> None:
     (["simulate", "--no-such-flag"], "No such option"),
     (["simulate", "--workers", "0"], "--workers must be >= 1"),
     (["goodput", "--criterion", "best"], "--criterion"),
-    (["sweep", "--out", "x"], "--rates"),
+    (["sweep", "--rates", "1", "--goodput"], "not both"),
 ])
 def test_bad_inputs_fail_with_one_line(args: list[str], fragment: str) -> None:
     result = RUNNER.invoke(APP, args)
