@@ -14,7 +14,9 @@ GPU, MODEL = get_gpu("h100"), get_model("llama3-8b")
 
 
 def _records(requests, **kw):
-    cfg = SimConfig(policy="disagg", num_instances=2, block_size=16, record_timeline=False, check_every=1, **kw)
+    # the roofline source: the expected times below are priced with it
+    cfg = SimConfig(policy="disagg", num_instances=2, block_size=16, record_timeline=False, check_every=1,
+                    latency="roofline", **kw)
     return {r.request_id: r for r in simulate(requests, cfg).records}
 
 

@@ -147,7 +147,8 @@ def test_disagg_kv_streams_during_the_prefill_so_only_the_last_layer_waits():
     # prompt is not held back by the whole transfer (0.3 s here), only by the last layer's share
     prompt = 60000
     requests = [Request(0, 0.0, prompt, 3)]
-    base = SimConfig(policy="disagg", num_instances=2, block_size=16, record_timeline=False)
+    base = SimConfig(policy="disagg", num_instances=2, block_size=16, record_timeline=False,
+                     latency="roofline")
     streamed = simulate(requests, base).records[0]
     after = simulate(requests, dataclasses.replace(base, kv_stream=False)).records[0]
     model, link = get_model(base.model), Link(base.link_gbps)
