@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from array import array
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
@@ -77,7 +78,7 @@ class Timeline:
 class GpuInstance:
     def __init__(self, env: simpy.Environment, index: int, scheduler, latency: LatencySource,
                  contention: ContentionModel, gpu: GpuSpec, model: ModelSpec, record_timeline: bool = True,
-                 check_every: int = 0, max_decode_steps: int = 64) -> None:
+                 check_every: int = 0, max_decode_steps: int = 64, compact_records: bool = False) -> None:
         self.env, self.index, self.scheduler = env, index, scheduler
         self.latency, self.contention, self.gpu, self.model = latency, contention, gpu, model
         self.running: dict[str, _Running] = {}
@@ -87,6 +88,10 @@ class GpuInstance:
         self.busy_s = 0.0
         self.check_every = check_every
         self.timeline = Timeline([], [], [], [], [], [], []) if record_timeline else None
+        # finished records' token times as arrays of doubles (8 bytes a token, not a float object and a
+        # pointer: 32): what lets a million requests fit in a few GB; every COMPACT_EVERY launches
+        self.compact_records = compact_records
+        self._compacted = 0  # records before this index are finished and compacted
         self.on_launch_done: Callable[[Launch, float], None] | None = None
         scheduler.max_decode_steps = max_decode_steps
         # a scheduler that plans several layers per launch and re-decides at layer boundaries lets the
@@ -249,8 +254,22 @@ class GpuInstance:
         self._rates_stale = bool(self.running)
         if self.check_every and self.scheduler.num_steps % self.check_every == 0:
             self.scheduler.check_invariants()
+        if self.compact_records and self.scheduler.num_steps % self.COMPACT_EVERY == 0:
+            self.compact_finished_records()
         # a finished prefill joins the decode batch at the next step boundary: cut the decode run there
         self.kick(cut=run.launch.prefill_completes and self.scheduler.completion_cuts())
+
+    COMPACT_EVERY = 4096
+
+    def compact_finished_records(self) -> None:
+        """Store the token times of records finished since the last call as arrays (same values)."""
+        records, k = self.scheduler.records, self._compacted
+        for record in records[k:]:
+            if record.finished_at is not None and type(record.token_at) is list:
+                record.token_at = array("d", record.token_at)
+        while k < len(records) and records[k].finished_at is not None:
+            k += 1
+        self._compacted = k
 
     @staticmethod
     def _step_ends(run: _Running, now: float) -> tuple[float, ...]:

@@ -76,7 +76,7 @@ def build(cfg, env: simpy.Environment, block_size: int = 16, only: int | None = 
     schedulers = _schedulers(cfg, sched_cfg, estimator_factory, cfg.num_instances if only is None else 1)
     indices = range(cfg.num_instances) if only is None else (only,)
     instances = [GpuInstance(env, i, s, latency, contention, gpu, model, cfg.record_timeline, cfg.check_every,
-                             cfg.max_decode_steps)
+                             cfg.max_decode_steps, cfg.compact_records)
                  for i, s in zip(indices, schedulers)]
     return Cluster(env, instances, make_dispatcher(cfg.dispatcher), model.kv_bytes_per_token,
                    Link(cfg.link_gbps), cfg.kv_return, model.num_layers if cfg.kv_stream else 0)

@@ -39,6 +39,7 @@ class SimConfig:
     check_every: int = 0  # run scheduler invariant checks every N launches (0: never)
     record_timeline: bool = True
     max_decode_steps: int = 64  # decode steps one simulated event may cover when nothing else is pending
+    compact_records: bool = False  # finished records' token_at become array('d') (4x less memory)
 
     def __post_init__(self) -> None:
         if self.policy not in policy_names():
