@@ -140,8 +140,9 @@ class GpuInstance:
                 solo = launch_solo_s(self.latency, launch, self.model.num_layers)
                 layers = launch.layer_end - launch.layer_start
                 if layers > 1 and not launch.decode_ids and self.cut_prefill_groups:
-                    per_layer = (solo - LAYER_GROUP_LAUNCH_S) / layers
-                    ends = [LAYER_GROUP_LAUNCH_S + per_layer * (i + 1) for i in range(layers)]
+                    # layer ends LAYER_GROUP_LAUNCH_S + per_layer * (i + 1), built only if a cut needs them
+                    ends, later = [], deque(((layers, (solo - LAYER_GROUP_LAUNCH_S) / layers, 0.0,
+                                              LAYER_GROUP_LAUNCH_S),))
             self.running[launch.lane] = _Running(launch, solo, 1.0, self.env.now, self.env.now, total_s=solo,
                                                  unit_ends=ends, segments=segments, later=later)
             self._log(launch, solo)
