@@ -25,7 +25,7 @@ from sim.contention import ContentionModel
 from sim.latency import LAYER_GROUP_LAUNCH_S, LatencySource, launch_solo_s
 from sim.hardware import GpuSpec
 from sim.model_spec import ModelSpec
-from yoda.backend import Launch, PrefillChunk
+from yoda.backend import Launch
 from yoda.request import Request
 
 
@@ -204,16 +204,15 @@ class GpuInstance:
         return list(itertools.accumulate((step_s(j) for j in range(n)), initial=offset))[1:]
 
     def _step_solo_s(self, launch: Launch) -> Callable[[int], float]:
-        """Solo time of step j of a multi-step launch with prefill: that step as a one-step launch."""
+        """Solo time of step j of a multi-step launch with prefill: that step as a one-step launch (what
+        launch_solo_s gives for it, asked of the latency source directly: no Launch built per step)."""
         b, kv, sms, source = len(launch.decode_ids), launch.decode_kv_len, launch.num_sms, self.latency
         (chunk,) = launch.prefill
-
-        def step_s(j: int) -> float:
-            moved = PrefillChunk(chunk.request_id, chunk.start_len + j * chunk.num_new, chunk.num_new)
-            step = Launch(launch.lane, sms, decode_ids=launch.decode_ids, decode_kv_len=kv + j * b, prefill=(moved,),
-                          layer_end=launch.layer_end, num_layers=launch.num_layers)
-            return launch_solo_s(source, step, self.model.num_layers)
-        return step_s
+        n, start = chunk.num_new, chunk.start_len
+        if b:
+            return lambda j: source.mixed_s([n], [start + j * n], b, kv + j * b, sms)
+        fraction = launch.layer_end / (launch.num_layers or self.model.num_layers)  # layers [0, end) of each
+        return lambda j: source.prefill_s([n], [start + j * n], sms) * fraction + LAYER_GROUP_LAUNCH_S
 
     def _retime(self) -> None:
         """Re-derive each running launch's rate from what runs beside it and reschedule its completion."""

@@ -219,8 +219,14 @@ class KVCache:
         refcount = self._refcount
         for b in taken:
             refcount[b] = 1
-        if k < n:
-            taken.extend(self._pop_free() for _ in range(n - k))
+        if k < n:  # evict cached blocks, least recently used first (as _pop_free, inlined: a hot loop)
+            lru, index, key_of = self._lru, self._index, self._key_of
+            for _ in range(n - k):
+                b, _ = lru.popitem(last=False)
+                del index[key_of[b]]
+                key_of[b] = None
+                refcount[b] = 1
+                taken.append(b)
         return taken
 
     def _pop_free(self) -> int:
