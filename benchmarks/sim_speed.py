@@ -1,6 +1,7 @@
 """Simulator speed: our SimPy simulator against Vidur on the same requests, model, GPU and cluster.
 
     python -m benchmarks.sim_speed [--synthetic-requests 100000] [--instances 4] [--no-vidur] [--out results]
+        [--baseline-ref GIT_REF] [--scale 10000,100000,1000000]
 
 Traces: (a) the Mooncake conversation trace (12,031 requests, its own arrival times, 3 s buckets spread
 with numpy seed 0); (b) "azure_conv_100k": 100,000 (prompt, output) length pairs drawn with replacement
@@ -11,16 +12,19 @@ with our KV capacity. Vidur runs its Sarathi scheduler (chunked prefill, chunk 5
 (see benchmarks/vidur_adapter.py); we time `chunked` (token budget 512), `prefill_first` and `yoda`, each in
 one process and with its instances in --workers processes (round-robin instances never interact, so the
 records are the same: sim/shards.py); Vidur runs in one process.
+With --baseline-ref, each of our runs is timed side by side with the same run on a checkout of that ref
+(a temporary git worktree), both in fresh processes, and the records of the two are compared
+(benchmarks/speed_runs.py). With --scale, chunked and yoda each simulate Azure-derived traces of those
+sizes, one fresh process per run: event-loop wall s and peak RSS, to show cost linear in requests.
 Writes results/sim_speed.json and results/sim_speed.md.
 """
 from __future__ import annotations
 
-import json
-import platform
 import shlex
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +33,9 @@ from typing import Callable
 import numpy as np
 import typer
 
+from benchmarks import speed_runs as sr
 from benchmarks import vidur_adapter as va
+from benchmarks.sim_speed_report import add_rates, device, print_table, write_report  # noqa: F401
 from yoda.request import Request
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
@@ -71,13 +77,18 @@ def workloads(synthetic_requests: int, synthetic_rate: float, mooncake_limit: in
 
 
 # ---- our simulator --------------------------------------------------------------------------------------
+def sim_config(policy: str, num_instances: int) -> dict:
+    """SimConfig keyword arguments of every timed run (plain values: a baseline checkout builds its own)."""
+    return dict(policy=policy, gpu="h100", model="llama3-8b", num_instances=num_instances,
+                dispatcher="round_robin", max_batch=MAX_BATCH, block_size=None, record_timeline=False,
+                policy_options=POLICY_OPTIONS.get(policy, {}))
+
+
 def time_ours(requests: list[Request], policy: str, num_instances: int, workers: int = 1) -> dict:
     """One simulation of `requests` under `policy` with its instances in up to `workers` processes; wall time
     as SimResult.wall_s (build, run, metrics)."""
     from sim.run import SimConfig, simulate
-    cfg = SimConfig(policy=policy, gpu="h100", model="llama3-8b", num_instances=num_instances,
-                    dispatcher="round_robin", max_batch=MAX_BATCH, block_size=None, record_timeline=False,
-                    policy_options=POLICY_OPTIONS.get(policy, {}))
+    cfg = SimConfig(**sim_config(policy, num_instances))
     result = simulate(requests, cfg, workers=workers)
     m = result.metrics
     return {"simulator": "ours", "policy": policy, "processes": min(workers, num_instances),
@@ -115,73 +126,6 @@ def time_vidur(requests: list[Request], num_instances: int, work_dir: Path, time
     return row
 
 
-# ---- report ---------------------------------------------------------------------------------------------
-def add_rates(rows: list[dict]) -> None:
-    """requests per wall second, and each row's speed relative to Vidur's on the same trace."""
-    for r in rows:
-        r["req_per_wall_s"] = r["requests"] / r["wall_s"] if r.get("wall_s") else None
-    for r in rows:
-        vidur = next((v for v in rows if v["trace"] == r["trace"] and v["simulator"] == "vidur"
-                      and v.get("req_per_wall_s")), None)
-        r["vs_vidur"] = r["req_per_wall_s"] / vidur["req_per_wall_s"] if vidur and r["req_per_wall_s"] else None
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def table_rows(rows: list[dict]) -> list[list[str]]:
-    return [[r["trace"], r["simulator"], r["policy"], str(r.get("processes", 1)), str(r["requests"]),
-             _fmt(r.get("wall_s"), ".1f"), _fmt(r.get("process_s"), ".1f"), _fmt(r.get("req_per_wall_s"), ",.0f"),
-             _fmt(r.get("vs_vidur"), ".1f")]
-            for r in rows]
-
-
-HEADER = ["trace", "simulator", "policy", "processes", "requests", "wall s", "process s", "req / wall s", "x Vidur"]
-
-
-def print_table(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    table = Table(title="Simulator speed (wall s: ours = simulate(); Vidur = its event loop)")
-    for name in HEADER:
-        table.add_column(name, justify="left" if name in ("trace", "simulator", "policy") else "right")
-    for cells in table_rows(rows):
-        table.add_row(*cells)
-    console = Console()
-    if not console.is_terminal:
-        console.width = 140  # rich's 80-column default for pipes truncates the cells
-    console.print(table)
-
-
-def device() -> str:
-    import os
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-             if ln.startswith("model name")] if cpuinfo.exists() else []
-    cpu = names[0] if names else platform.processor()
-    return f"{cpu} CPU, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
-def write_report(out: Path, report: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sim_speed.json").write_text(json.dumps(report, indent=1, default=str))
-    lines = ["# Simulator speed: ours vs Vidur\n", f"Command: `{report['command']}`  ",
-             f"Date: {report['date']}  ", f"Device: {report['device']}  ",
-             f"Script wall time: {report['script_wall_s']:.0f} s  ", f"Config: {report['config_text']}\n",
-             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(report["rows"])]
-    lines += ["", "wall s: ours = `SimResult.wall_s` (cluster build, event loop, metrics); Vidur = its event loop "
-              "(`Simulator.run` less output writing). processes: ours runs one instance per process, up to this "
-              "many at a time (the records do not depend on it). process s: Vidur's whole subprocess (interpreter "
-              "start-up, imports, predictor training or cache load per replica, trace parsing, output). x Vidur: "
-              "requests per wall second relative to Vidur's on the same trace.", ""]
-    if report["vidur"].get("skipped"):
-        lines.append(f"Vidur skipped: {report['vidur']['skipped']}")
-    lines += [f"- {note}" for note in report["notes"]]
-    (out / "sim_speed.md").write_text("\n".join(lines) + "\n")
-
-
 NOTES = [
     "Vidur 0.0.26 downloads kernel profiles from HuggingFace at run time; none for H100 Llama-3-8B is "
     "reachable offline, so its profile is synthesised in Vidur's CSV schema from our roofline constants "
@@ -204,14 +148,45 @@ def config_text(num_instances: int, synthetic_rate: float) -> str:
 
 
 def run_ours(traces: dict[str, list[Request]], policies: list[str], num_instances: int,
-             progress: Callable[[str], None] = lambda s: None, workers: tuple[int, ...] = (1,)) -> list[dict]:
+             progress: Callable[[str], None] = lambda s: None, workers: tuple[int, ...] = (1,),
+             baseline: Path | None = None, repeat: int = 1) -> list[dict]:
+    """Our rows; with `baseline` (a checkout), each run side by side with the same run there."""
     rows = []
     for trace, requests in traces.items():
         for policy in policies:
             for n in workers:
-                progress(f"ours/{policy} on {trace} ({len(requests)} requests, {min(n, num_instances)} processes)")
-                rows.append({"trace": trace, **time_ours(requests, policy, num_instances, n)})
+                progress(f"ours/{policy} on {trace} ({len(requests)} requests, {min(n, num_instances)} processes)"
+                         + (" and the baseline's" if baseline else ""))
+                if baseline is None:
+                    rows.append({"trace": trace, **time_ours(requests, policy, num_instances, n)})
+                    continue
+                ours, base, differ = sr.time_side_by_side(requests, sim_config(policy, num_instances), n, baseline,
+                                                          repeat)
+                rows.append({"trace": trace, "simulator": "ours", "policy": policy,
+                             "processes": min(n, num_instances), "requests": len(requests), **ours,
+                             "baseline_wall_s": base["wall_s"], "records_differ": differ,
+                             "baseline_p99_tbt_ms": base["p99_tbt_ms"], "baseline_p99_ttft_ms": base["p99_ttft_ms"]})
     return rows
+
+
+def run_scale(sizes: list[int], policies: list[str], num_instances: int, rate_rps: float,
+              progress: Callable[[str], None] = lambda s: None) -> list[dict]:
+    rows = []
+    for policy in policies:
+        for n in sizes:
+            progress(f"scale: {policy} on {n:,} Azure-derived requests (fresh process)")
+            rows.append({"policy": policy, "requests": n, **sr.time_scale(n, rate_rps, sim_config(policy, num_instances))})
+    return rows
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(float(w)) for w in text.split(",") if w]
+    except ValueError:
+        raise typer.BadParameter(f"{flag} needs comma-separated counts, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise typer.BadParameter(f"{flag} needs counts >= 1, got {text!r}")
+    return values
 
 
 def main(synthetic_requests: int = typer.Option(100_000, help="requests in the Azure-derived trace"),
@@ -222,29 +197,38 @@ def main(synthetic_requests: int = typer.Option(100_000, help="requests in the A
          workers: str = typer.Option("1,2", help="process counts to time ours with (instances run in parallel)"),
          vidur: bool = typer.Option(True, help="also time Vidur (needs .vidur-venv)"),
          vidur_timeout: float = typer.Option(3600.0, help="seconds per Vidur run"),
+         baseline_ref: str = typer.Option("", help="git ref to time side by side with ours (a temporary worktree)"),
+         repeat: int = typer.Option(1, help="with --baseline-ref: runs per side, the fastest counts"),
+         scale: str = typer.Option("", help="Azure-derived sizes for the scaling table, e.g. 10000,100000,1000000"),
+         scale_policies: str = typer.Option("chunked,yoda", help="policies of the scaling table"),
          out: Path = Path("results")) -> None:
     started = time.perf_counter()
     say = lambda s: print(f"[{time.perf_counter() - started:6.0f} s] {s}", flush=True)  # noqa: E731
     names = [p for p in policies.split(",") if p]
-    counts = tuple(int(w) for w in workers.split(",") if w)
-    if not counts or min(counts) < 1:
+    counts = tuple(_ints(workers, "--workers"))
+    sizes = _ints(scale, "--scale")
+    if not counts:
         raise typer.BadParameter(f"--workers needs process counts >= 1, got {workers!r}")
     version, why = va.vidur_status() if vidur else (None, "--no-vidur given")
     if not version:
         say(f"Vidur skipped: {why}")
     rows: list[dict] = []
-    for trace, make in workloads(synthetic_requests, synthetic_rate, mooncake_requests or None).items():
-        requests = make()
-        rows += run_ours({trace: requests}, names, instances, say, counts)
-        if version:
-            say(f"vidur/{VIDUR_SCHEDULER} on {trace} ({len(requests)} requests)")
-            with tempfile.TemporaryDirectory(prefix="vidur-") as tmp:
-                row = {"trace": trace, **time_vidur(requests, instances, Path(tmp), vidur_timeout)}
-            if not row["ok"]:
-                say(f"Vidur failed on {trace}: {row['error']}\n{row['log_tail']}")
-            rows.append(row)
+    with ExitStack() as stack:
+        baseline = stack.enter_context(sr.baseline_checkout(baseline_ref)) if baseline_ref else None
+        commit = sr.commit_of(baseline) if baseline else None
+        for trace, make in workloads(synthetic_requests, synthetic_rate, mooncake_requests or None).items():
+            requests = make()
+            rows += run_ours({trace: requests}, names, instances, say, counts, baseline, repeat)
+            if version:
+                say(f"vidur/{VIDUR_SCHEDULER} on {trace} ({len(requests)} requests)")
+                with tempfile.TemporaryDirectory(prefix="vidur-") as tmp:
+                    row = {"trace": trace, **time_vidur(requests, instances, Path(tmp), vidur_timeout)}
+                if not row["ok"]:
+                    say(f"Vidur failed on {trace}: {row['error']}\n{row['log_tail']}")
+                rows.append(row)
+    scale_rows = run_scale(sizes, [p for p in scale_policies.split(",") if p], instances, synthetic_rate, say)
     add_rates(rows)
-    print_table(rows)
+    print_table(rows, scale_rows)
     report = {"command": "python -m benchmarks.sim_speed " + shlex.join(sys.argv[1:]),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device(),
               "config": {"instances": instances, "max_batch": MAX_BATCH, "block_size": BLOCK_SIZE,
@@ -252,10 +236,21 @@ def main(synthetic_requests: int = typer.Option(100_000, help="requests in the A
                          "vidur_scheduler": VIDUR_SCHEDULER, "policy_options": POLICY_OPTIONS,
                          "workers": list(counts)},
               "config_text": config_text(instances, synthetic_rate),
-              "vidur": {"version": version, "skipped": None if version else why}, "rows": rows, "notes": NOTES,
-              "script_wall_s": time.perf_counter() - started}
+              "baseline_ref": baseline_ref or None, "baseline_commit": commit,
+              "vidur": {"version": version, "skipped": None if version else why}, "rows": rows,
+              "scale": scale_rows, "scale_text": SCALE_TEXT.format(rate=synthetic_rate, instances=instances),
+              "notes": NOTES, "script_wall_s": time.perf_counter() - started}
     write_report(out, report)
     say(f"wrote {out / 'sim_speed.json'} and {out / 'sim_speed.md'}")
+
+
+SCALE_TEXT = ("Azure-derived traces (length pairs drawn with replacement from the Azure 2023 conversation trace, "
+              "Poisson at {rate:g} req/s, seed 0) on {instances} x H100, round-robin, one instance's event loop "
+              "after another in one process. One fresh process per run: wall s is the event loop (cluster build "
+              "and replay, not the metrics, whose every-token-gap arrays would outgrow the simulation at 1M); "
+              "peak RSS is the whole process (interpreter, trace, records). Finished records keep their token "
+              "times as arrays of doubles (SimConfig.compact_records). Cost linear in requests: us / request "
+              "stays flat.")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from array import array
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
@@ -24,7 +25,7 @@ from sim.contention import ContentionModel
 from sim.latency import LAYER_GROUP_LAUNCH_S, LatencySource, launch_solo_s
 from sim.hardware import GpuSpec
 from sim.model_spec import ModelSpec
-from yoda.backend import Launch, PrefillChunk
+from yoda.backend import Launch
 from yoda.request import Request
 
 
@@ -77,7 +78,7 @@ class Timeline:
 class GpuInstance:
     def __init__(self, env: simpy.Environment, index: int, scheduler, latency: LatencySource,
                  contention: ContentionModel, gpu: GpuSpec, model: ModelSpec, record_timeline: bool = True,
-                 check_every: int = 0, max_decode_steps: int = 64) -> None:
+                 check_every: int = 0, max_decode_steps: int = 64, compact_records: bool = False) -> None:
         self.env, self.index, self.scheduler = env, index, scheduler
         self.latency, self.contention, self.gpu, self.model = latency, contention, gpu, model
         self.running: dict[str, _Running] = {}
@@ -87,6 +88,10 @@ class GpuInstance:
         self.busy_s = 0.0
         self.check_every = check_every
         self.timeline = Timeline([], [], [], [], [], [], []) if record_timeline else None
+        # finished records' token times as arrays of doubles (8 bytes a token, not a float object and a
+        # pointer: 32): what lets a million requests fit in a few GB; every COMPACT_EVERY launches
+        self.compact_records = compact_records
+        self._compacted = 0  # records before this index are finished and compacted
         self.on_launch_done: Callable[[Launch, float], None] | None = None
         scheduler.max_decode_steps = max_decode_steps
         # a scheduler that plans several layers per launch and re-decides at layer boundaries lets the
@@ -135,8 +140,9 @@ class GpuInstance:
                 solo = launch_solo_s(self.latency, launch, self.model.num_layers)
                 layers = launch.layer_end - launch.layer_start
                 if layers > 1 and not launch.decode_ids and self.cut_prefill_groups:
-                    per_layer = (solo - LAYER_GROUP_LAUNCH_S) / layers
-                    ends = [LAYER_GROUP_LAUNCH_S + per_layer * (i + 1) for i in range(layers)]
+                    # layer ends LAYER_GROUP_LAUNCH_S + per_layer * (i + 1), built only if a cut needs them
+                    ends, later = [], deque(((layers, (solo - LAYER_GROUP_LAUNCH_S) / layers, 0.0,
+                                              LAYER_GROUP_LAUNCH_S),))
             self.running[launch.lane] = _Running(launch, solo, 1.0, self.env.now, self.env.now, total_s=solo,
                                                  unit_ends=ends, segments=segments, later=later)
             self._log(launch, solo)
@@ -198,16 +204,15 @@ class GpuInstance:
         return list(itertools.accumulate((step_s(j) for j in range(n)), initial=offset))[1:]
 
     def _step_solo_s(self, launch: Launch) -> Callable[[int], float]:
-        """Solo time of step j of a multi-step launch with prefill: that step as a one-step launch."""
+        """Solo time of step j of a multi-step launch with prefill: that step as a one-step launch (what
+        launch_solo_s gives for it, asked of the latency source directly: no Launch built per step)."""
         b, kv, sms, source = len(launch.decode_ids), launch.decode_kv_len, launch.num_sms, self.latency
         (chunk,) = launch.prefill
-
-        def step_s(j: int) -> float:
-            moved = PrefillChunk(chunk.request_id, chunk.start_len + j * chunk.num_new, chunk.num_new)
-            step = Launch(launch.lane, sms, decode_ids=launch.decode_ids, decode_kv_len=kv + j * b, prefill=(moved,),
-                          layer_end=launch.layer_end, num_layers=launch.num_layers)
-            return launch_solo_s(source, step, self.model.num_layers)
-        return step_s
+        n, start = chunk.num_new, chunk.start_len
+        if b:
+            return lambda j: source.mixed_s([n], [start + j * n], b, kv + j * b, sms)
+        fraction = launch.layer_end / (launch.num_layers or self.model.num_layers)  # layers [0, end) of each
+        return lambda j: source.prefill_s([n], [start + j * n], sms) * fraction + LAYER_GROUP_LAUNCH_S
 
     def _retime(self) -> None:
         """Re-derive each running launch's rate from what runs beside it and reschedule its completion."""
@@ -249,8 +254,22 @@ class GpuInstance:
         self._rates_stale = bool(self.running)
         if self.check_every and self.scheduler.num_steps % self.check_every == 0:
             self.scheduler.check_invariants()
+        if self.compact_records and self.scheduler.num_steps % self.COMPACT_EVERY == 0:
+            self.compact_finished_records()
         # a finished prefill joins the decode batch at the next step boundary: cut the decode run there
         self.kick(cut=run.launch.prefill_completes and self.scheduler.completion_cuts())
+
+    COMPACT_EVERY = 4096
+
+    def compact_finished_records(self) -> None:
+        """Store the token times of records finished since the last call as arrays (same values)."""
+        records, k = self.scheduler.records, self._compacted
+        for record in records[k:]:
+            if record.finished_at is not None and type(record.token_at) is list:
+                record.token_at = array("d", record.token_at)
+        while k < len(records) and records[k].finished_at is not None:
+            k += 1
+        self._compacted = k
 
     @staticmethod
     def _step_ends(run: _Running, now: float) -> tuple[float, ...]:

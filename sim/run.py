@@ -7,29 +7,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
-import simpy
-
-from sim.cluster import Cluster, Link
-from sim.contention import ContentionModel, NoContention
-from sim.gpu_instance import GpuInstance, Timeline
-from sim.hardware import GpuSpec, get_gpu
-from sim.latency import LatencySource, PdmuxFitLatency, RooflineLatency
-from sim.measured_latency import MeasuredLatency
-from sim.profile_table import ProfileTableLatency
-from sim.model_spec import ModelSpec, get_model, kv_capacity_blocks
-from sim.sampling import estimator_for
-from sim.progress import run_reporting
+from sim.gpu_instance import Timeline
+from sim.replay import build, make_latency, run_part  # noqa: F401  (build, make_latency: public here too)
 from sim.shards import run_sharded, shardable
-from yoda.disaggregation import DisaggDecode, DisaggPrefill
-from yoda.dispatcher import make_dispatcher
 from yoda.metrics import compute_metrics
-from yoda.partitions import PartitionMenu
-from yoda.policies import make_scheduler, policy_names
+from yoda.policies import policy_names
 from yoda.request import SLO, Request, RequestRecord
-from yoda.scheduler import SchedulerConfig
 
 
 Progress = Callable[[float, int], None]  # (simulated seconds, requests finished)
@@ -61,6 +46,7 @@ class SimConfig:
     record_timeline: bool = True
     max_decode_steps: int = 64  # decode steps one simulated event may cover when nothing else is pending
     output_len_oracle: bool = False  # ablation: policies read true output lengths (yoda.output_predictor)
+    compact_records: bool = False  # finished records' token_at become array('d') (4x less memory)
 
     def __post_init__(self) -> None:
         if self.policy not in policy_names():
@@ -81,111 +67,10 @@ class SimResult:
     sim_end_s: float
 
 
-def make_latency(name: str, model: ModelSpec, gpu: GpuSpec) -> LatencySource:
-    if name == "measured":
-        return MeasuredLatency(model, gpu)
-    if name == "roofline":
-        return RooflineLatency(model, gpu)
-    if name == "pdmux":
-        return PdmuxFitLatency.for_gpu(gpu, model)
-    if Path(name).is_dir():
-        return ProfileTableLatency(name)
-    raise ValueError(f"latency source must be 'measured', 'roofline', 'pdmux' or a profile directory, got {name!r}")
-
-
-def _schedulers(cfg: SimConfig, sched_cfg: SchedulerConfig, estimator_factory, count: int):
-    menu_keys = ("granularity", "step_sms")
-    if cfg.policy != "disagg":
-        options = dict(cfg.policy_options)
-        if cfg.policy != "yoda":
-            options = {k: v for k, v in options.items() if k not in menu_keys}
-        make = (lambda: make_scheduler(cfg.policy, sched_cfg, cfg.slo, estimator=estimator_factory(), **options)
-                ) if cfg.policy == "yoda" else (lambda: make_scheduler(cfg.policy, sched_cfg, cfg.slo, **options))
-        return [make() for _ in range(count)]
-    num_p = cfg.num_prefill_instances or max(1, cfg.num_instances // 2)
-    if not 0 < num_p < cfg.num_instances:
-        raise ValueError(f"disagg needs 1 <= prefill instances < {cfg.num_instances}, got {num_p}")
-    if cfg.policy_options:
-        raise ValueError(f"disagg takes no policy options, got {sorted(cfg.policy_options)}")
-    return ([DisaggPrefill(sched_cfg, cfg.slo) for _ in range(num_p)]
-            + [DisaggDecode(sched_cfg, cfg.slo) for _ in range(cfg.num_instances - num_p)])
-
-
 def auto_block_size(requests: Sequence[Request]) -> int:
     """The trace's own hash block size (coarse blocks keep the simulator fast; prefix matching stays exact)."""
     sizes = {r.hash_block_size for r in requests if r.block_hashes}
     return min(max(min(sizes), 16), 512) if sizes else 16
-
-
-def build(cfg: SimConfig, env: simpy.Environment, block_size: int = 16, only: int | None = None) -> Cluster:
-    """The simulated cluster; with `only`, just that instance (a shard of a cluster whose instances never
-    interact, see sim/shards.py)."""
-    if only is not None and not 0 <= only < cfg.num_instances:
-        raise ValueError(f"instance {only} is not in a cluster of {cfg.num_instances}")
-    gpu = get_gpu(cfg.gpu)
-    model = get_model(cfg.model, tp=cfg.tp)
-    latency = make_latency(cfg.latency, model, gpu)
-    if isinstance(latency, PdmuxFitLatency) and cfg.policy == "chunked":
-        latency.check_chunk_tokens(int(cfg.policy_options.get("token_budget", 512)))
-    contention = ContentionModel.for_mode(cfg.contention_mode) if cfg.contention else NoContention()
-    kv_blocks = cfg.kv_blocks or kv_capacity_blocks(model, gpu, block_size)
-    sched_cfg = SchedulerConfig(num_sms=gpu.num_sms, num_layers=model.num_layers, kv_blocks=kv_blocks,
-                                block_size=block_size, max_batch=cfg.max_batch,
-                                output_len_oracle=cfg.output_len_oracle)
-    menu = PartitionMenu(gpu.num_sms, cfg.policy_options.get("granularity", 8), cfg.policy_options.get("step_sms", 16))
-    key = (cfg.latency, cfg.contention, cfg.contention_mode, cfg.gpu, cfg.model, cfg.tp, menu, cfg.estimator_noise,
-           cfg.estimator_optimism)
-
-    def estimator_factory():
-        return estimator_for(key, latency, contention, gpu, model, menu, cfg.estimator_noise, cfg.estimator_optimism)
-
-    schedulers = _schedulers(cfg, sched_cfg, estimator_factory, cfg.num_instances if only is None else 1)
-    indices = range(cfg.num_instances) if only is None else (only,)
-    instances = [GpuInstance(env, i, s, latency, contention, gpu, model, cfg.record_timeline, cfg.check_every,
-                             cfg.max_decode_steps)
-                 for i, s in zip(indices, schedulers)]
-    return Cluster(env, instances, make_dispatcher(cfg.dispatcher), model.kv_bytes_per_token,
-                   Link(cfg.link_gbps), cfg.kv_return, model.num_layers if cfg.kv_stream else 0)
-
-
-@dataclass
-class RunPart:
-    """What one event loop produced: the whole cluster's, or one shard's (sim/shards.py)."""
-
-    records: list[RequestRecord]
-    timelines: list[Timeline | None]
-    counters: dict[str, int]
-    sim_end_s: float
-
-
-def sum_counters(counters: Iterable[dict[str, int]]) -> dict[str, int]:
-    """Key-wise sum of schedulers' (or shards') counters, keys in first-seen order."""
-    total: dict[str, int] = {}
-    for c in counters:
-        for key, value in c.items():
-            total[key] = total.get(key, 0) + value
-    return total
-
-
-def run_part(requests: Sequence[Request], cfg: SimConfig, block_size: int, only: int | None = None,
-             progress: Progress | None = None) -> RunPart:
-    """Replay `requests` (in arrival order) through the cluster, or through instance `only` alone;
-    `progress(simulated s, requests finished)` is called now and then when given."""
-    env = simpy.Environment()
-    cluster = build(cfg, env, block_size, only)
-    env.process(cluster.replay_open_loop(requests))
-    if progress is None:
-        env.run()
-    else:
-        run_reporting(env, lambda: sum(r.finished_at is not None for r in cluster.records()), progress)
-    records = cluster.records()
-    unfinished = [r.request_id for r in records if r.finished_at is None]
-    if unfinished:
-        raise RuntimeError(f"simulation ended with {len(unfinished)} unfinished requests (first: {unfinished[:5]})")
-    counters = sum_counters(getattr(g.scheduler, "counters", {}) for g in cluster.instances)
-    if cluster.num_transfers:
-        counters.update(kv_transfers=cluster.num_transfers, kv_transferred_gb=round(cluster.transferred_bytes / 1e9, 3))
-    return RunPart(records, [g.timeline for g in cluster.instances], counters, env.now)
 
 
 def simulate(requests: Sequence[Request], cfg: SimConfig, workers: int = 1,

@@ -15,6 +15,7 @@ from array import array
 from concurrent.futures import ProcessPoolExecutor
 from typing import Sequence
 
+from sim.replay import RunPart, run_part, sum_counters
 from yoda.request import Request
 
 # what forked workers read: (requests in arrival order, config, block size); set only while a pool runs
@@ -32,7 +33,6 @@ def round_robin_shard(requests: Sequence[Request], index: int, num_instances: in
 
 
 def _run_shard(index: int):
-    from sim.run import run_part
     requests, cfg, block_size = _INPUT
     part = run_part(round_robin_shard(requests, index, cfg.num_instances), cfg, block_size, only=index)
     for record in part.records:  # an array of doubles pickles as one buffer, a list float by float
@@ -42,7 +42,6 @@ def _run_shard(index: int):
 
 def run_sharded(requests: Sequence[Request], cfg, block_size: int, workers: int):
     """One RunPart for the whole cluster, from one event loop per instance in up to `workers` processes."""
-    from sim.run import RunPart, run_part, sum_counters
     if not shardable(cfg):
         raise ValueError("only a round-robin cluster without disaggregation can be split into shards")
     if "fork" not in multiprocessing.get_all_start_methods():

@@ -54,17 +54,12 @@ class MultiStepDecode:
         steps = self._fit_growth(steps)
         return steps, tuple((last - clock, state.context_len) for last, _, _, state in leaving if last < clock + steps)
 
-    # While more than this share of the cache is empty, a run's growth reservation also covers the next
-    # RESERVE_AHEAD_BLOCKS blocks of each growing request, so the next runs need not stop to reserve again
-    # (a simulation speed-up: with that much empty, the blocks taken early change no admission and evict
-    # no cached prefix).
-    RESERVE_AHEAD_FREE_SHARE = 0.25
-    RESERVE_AHEAD_BLOCKS = 8
-
     def _reserve_growth(self, steps: int) -> int:
-        """Steps a run may take past the KV block boundaries its requests cross: all of them when the free
-        blocks cover every crossing (no preemption can be needed, so the blocks are taken now), else up to
-        the first crossing (where decode_batch grows, preempting on shortage)."""
+        """Steps a run may take past the KV block boundaries its requests cross: all of them when empty
+        blocks cover every crossing (no preemption can be needed and no cached prefix is evicted, so the
+        blocks are taken now), else up to the first crossing (where decode_batch grows, preempting or
+        evicting as one step would). What a run cut short did not use is given back when it ends
+        (`_release_unused_growth`), so every decision sees the KV of single steps."""
         clock, bs, kv, heap = self.step_clock[0], self.config.block_size, self.kv, self._grow_heap
         end = clock + steps
         popped = []
@@ -74,16 +69,22 @@ class MultiStepDecode:
         due = {e[3]: e[3].context_len + min(steps, self._finish_step(e[3]) - clock) - 1
                for e in popped if e[2] == e[3].epoch and e[3].step_clock is not None}  # ordered, unique
         need = sum(max(0, -(-upto // bs) - len(kv.block_table(s.id))) for s, upto in due.items())
-        if need > kv.num_free_blocks:
+        if need > kv.num_empty_blocks:
             for entry in popped:
                 heapq.heappush(heap, entry)
             return heap[0][0] - clock
-        ahead = self.RESERVE_AHEAD_BLOCKS * bs
-        spare = kv.num_empty_blocks - need - len(due) * self.RESERVE_AHEAD_BLOCKS
-        if spare < self.RESERVE_AHEAD_FREE_SHARE * kv.num_blocks:
-            ahead = 0
         for state in sorted(due, key=lambda s: s.order):  # deterministic block ids
-            last_context = state.context_len + self._finish_step(state) - clock - 1
-            kv.extend(state.id, min(due[state] + ahead, last_context))
-            self._push_growth(state)  # its next crossing lies at or after the run's end (or its finish)
+            self._run_growth.append((state, state.epoch, len(kv.block_table(state.id))))
+            kv.extend(state.id, due[state])
         return steps
+
+    def _release_unused_growth(self) -> None:
+        """After a decode run: each request keeps the blocks one-step launches would hold by now (those it
+        had, or enough for the tokens written so far) and gives back the rest, then notes its next crossing."""
+        bs, kv = self.config.block_size, self.kv
+        for state, epoch, had in self._run_growth:
+            if state.epoch != epoch or state.step_clock is None:
+                continue  # finished (or preempted) in the run: its blocks are gone
+            kv.truncate(state.id, max(had, -(-(state.context_len - 1) // bs)))
+            self._push_growth(state)
+        self._run_growth.clear()

@@ -153,6 +153,21 @@ class KVCache:
         self._num_tokens[seq_id] = max(num_tokens, self._num_tokens[seq_id])
         return new
 
+    def truncate(self, seq_id: int, num_blocks: int) -> None:
+        """Give back the sequence's blocks past its first `num_blocks` (decode growth reserved and not
+        used). They must be its own: past its prompt's keyed blocks and past the tokens it has written."""
+        table = self._tables[seq_id]
+        if num_blocks >= len(table):
+            return
+        if num_blocks < len(self._chains[seq_id]):
+            raise ValueError(f"sequence {seq_id}: cannot truncate into its prompt's shared blocks")
+        tail = table[num_blocks:]
+        del table[num_blocks:]
+        for b in tail:
+            self._refcount[b] = 0
+        self._free.extend(reversed(tail))
+        self._num_tokens[seq_id] = min(self._num_tokens[seq_id], num_blocks * self.block_size)
+
     def commit(self, seq_id: int, num_computed_tokens: int | None = None) -> None:
         """Index the sequence's keyed blocks whose KV is computed, so later sequences can reuse them."""
         table, chain = self._tables[seq_id], self._chains[seq_id]
@@ -204,8 +219,14 @@ class KVCache:
         refcount = self._refcount
         for b in taken:
             refcount[b] = 1
-        if k < n:
-            taken.extend(self._pop_free() for _ in range(n - k))
+        if k < n:  # evict cached blocks, least recently used first (as _pop_free, inlined: a hot loop)
+            lru, index, key_of = self._lru, self._index, self._key_of
+            for _ in range(n - k):
+                b, _ = lru.popitem(last=False)
+                del index[key_of[b]]
+                key_of[b] = None
+                refcount[b] = 1
+                taken.append(b)
         return taken
 
     def _pop_free(self) -> int:

@@ -110,6 +110,7 @@ class SchedulerCore(MultiStepDecode):
         self.step_times: list[float] = []  # completion time of each decode step
         self._finish_heap: list[tuple[int, int, int, RequestState]] = []  # (step, order, epoch, state)
         self._grow_heap: list[tuple[int, int, int, RequestState]] = []  # (step needing a new block, ...)
+        self._run_growth: list[tuple[RequestState, int, int]] = []  # (state, epoch, blocks before) of a run
         self._kv_base = 0  # sum over the batch of (context at join - join_step)
         self._batch_ids: tuple[int, ...] = ()
         self._batch_dirty = False
@@ -180,6 +181,8 @@ class SchedulerCore(MultiStepDecode):
             last, _, epoch, state = heapq.heappop(heap)
             if epoch == state.epoch and state.step_clock is not None:
                 self._finish(state, times[last - 1])  # a run may have gone on past its last step
+        if self._run_growth:
+            self._release_unused_growth()
 
     def _advance_prefill(self, launch: Launch, now: float) -> None:
         if not launch.prefill_completes:

@@ -46,3 +46,36 @@ def test_vidur_inputs(tmp_path):
     big, small = mlp[-1], mlp[0]
     assert big["time_stats.mlp_up_proj.median"] > small["time_stats.mlp_up_proj.median"] > 0
     assert all(row["time_stats.attn_prefill.median"] > 0 for row in attention if row["is_prefill"])
+
+
+def test_records_differ_counts_records_beyond_float_noise():
+    from benchmarks.speed_runs import records_differ
+    a = [(0, 0, 0, None, [1.0, 2.0]), (1, 16, 0, None, [3.0])]
+    assert records_differ(a, [(0, 0, 0, None, [1.0, 2.0 + 1e-12]), (1, 16, 0, None, [3.0])]) == 0
+    assert records_differ(a, [(0, 0, 0, None, [1.0, 2.001]), (1, 0, 0, None, [3.0])]) == 2
+    assert records_differ(a, a[:1]) == 2
+
+
+def test_scale_table_reports_cost_per_request_against_the_smallest_run():
+    from benchmarks.sim_speed_report import scale_table_rows
+    rows = [{"policy": "chunked", "requests": n, "wall_s": w, "peak_rss_mb": 100.0, "sim_end_s": 1.0,
+             "completed": n} for n, w in ((1000, 1.0), (10000, 12.0))]
+    cells = scale_table_rows(rows)
+    assert [c[3] for c in cells] == ["1000", "1200"] and [c[4] for c in cells] == ["1.00", "1.20"]
+
+
+def test_side_by_side_against_this_checkout_gives_the_same_records():
+    """--baseline-ref machinery end to end: a worktree of HEAD, both sides in fresh processes."""
+    import subprocess
+    from benchmarks import speed_runs as sr
+    if subprocess.run(["git", "-C", str(sr.ROOT), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    requests = sim_speed.azure_conv_resampled(40, rate_rps=10.0)
+    with sr.baseline_checkout("HEAD") as tree:
+        assert (tree / "sim" / "run.py").exists()
+        ours, base, differ = sr.time_side_by_side(requests, sim_speed.sim_config("chunked", 2), 1, tree)
+    assert not tree.exists() and differ == 0
+    assert ours["wall_s"] > 0 and base["wall_s"] > 0 and ours["p99_tbt_ms"] == base["p99_tbt_ms"]
+    with pytest.raises(sr.ChildError):
+        with sr.baseline_checkout("no-such-ref-xyz"):
+            pass

@@ -346,19 +346,31 @@ def _decoding_alone(kv_blocks: int, cached_prompt: int = 0):
     return s
 
 
-def test_multi_step_decode_reserves_growth_ahead_only_from_empty_blocks():
-    # ample empty blocks: the run's growth plus 3 blocks ahead are taken at launch
+def test_multi_step_decode_reserves_growth_from_empty_blocks_and_a_cut_run_gives_back_the_rest():
+    # ample empty blocks: the run's growth is taken at launch, and no more
     s = _decoding_alone(kv_blocks=100)
     (launch,) = s.schedule(0.02, {})
     assert launch.num_steps == 64
     context = 100 + 1  # the prompt and the token its prefill emitted
-    assert len(s.kv.block_table(1)) == -(-(context + 63) // 16) + PrefillFirst.RESERVE_AHEAD_BLOCKS
-    # few empty blocks, the rest cached prefixes: only what the run needs, no cached block evicted
-    s = _decoding_alone(kv_blocks=32, cached_prompt=320)
+    assert len(s.kv.block_table(1)) == -(-(context + 63) // 16)
+    # an arrival cut the run after 5 steps: one-step launches would hold blocks for 105 tokens (7 blocks,
+    # as before the run), so the 4 blocks reserved for steps that did not run are free again
+    ends = tuple(0.02 + 0.01 * (j + 1) for j in range(5))
+    s.on_launch_done(Launch(DECODE, launch.num_sms, decode_ids=launch.decode_ids,
+                            decode_kv_len=launch.decode_kv_len, num_layers=NUM_LAYERS, num_steps=5,
+                            step_ends=ends), ends[-1])
+    assert len(s.kv.block_table(1)) == -(-(context + 4) // 16) == 7 and s.kv.num_free_blocks == 100 - 7
+    s.check_invariants()
+    # and the next run reserves its growth again
+    (launch,) = s.schedule(ends[-1], {})
+    assert launch.num_steps == 64 and len(s.kv.block_table(1)) == -(-(context + 5 + 63) // 16)
+    # few empty blocks, the rest cached prefixes: the run stops where its request needs a block, so
+    # decode_batch takes it then (evicting a cached prefix, as one step would), not the run up front
+    s = _decoding_alone(kv_blocks=30, cached_prompt=320)
     cached, empty = s.kv.num_cached_blocks, s.kv.num_empty_blocks
-    assert cached == 20 and empty == 32 - 20 - 7 < 0.25 * 32
+    assert cached == 20 and empty == 30 - 20 - 7 == 3 < -(-(context + 63) // 16) - 7
     (launch,) = s.schedule(0.02, {})
-    assert launch.num_steps == 64 and len(s.kv.block_table(1)) == -(-(context + 63) // 16)
+    assert launch.num_steps == 7 * 16 - context + 1 and len(s.kv.block_table(1)) == 7
     assert s.kv.num_cached_blocks == cached
 
 
