@@ -13,6 +13,7 @@ Every baseline takes `admission="fcfs"` (as shipped) or `"deadline"` (Yoda's ord
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -31,8 +32,8 @@ class ChunkLimits:
     - `max_num_partial_prefills`: "the maximum number of sequences that can be partially prefilled
       concurrently" (default 1); `max_long_partial_prefills`: of those, how many may be long (default 1),
       so that short prompts may pass a long one (the v0 scheduler's `PartialPrefillMetadata`). Counted per
-      iteration here: chunks that leave their prompt unfinished. A waiting request the limits keep out
-      stops admission for the iteration (FCFS; the deadline admission layer reorders the queue)."""
+      iteration here: chunks that leave their prompt unfinished; a waiting request the limits keep out is
+      passed over for the iteration."""
 
     long_prefill_token_threshold: int = 0
     max_num_partial_prefills: int = 1
@@ -119,20 +120,26 @@ class ChunkedPrefill(DeadlineAdmission, SchedulerCore):
             if not state.in_flight and state.remaining_prefill > 0:
                 it.offer(state)
         if it.budget > 0 and num_decoding + len(self.prefilling) < self.config.max_batch:
-            while it.budget > 0:
-                head = self._peek_waiting(now)
-                if head is None or not it.chunk_len(self._remaining_if_admitted(head), head.target_len):
-                    break
-                admitted = self.admit_waiting(now, it.budget, 1)
-                if not admitted:
-                    break
-                it.offer(admitted[0])
+            self._admit_into(it, now)
         return it
 
-    def _peek_waiting(self, now: float) -> RequestState | None:
+    def _admit_into(self, it: IterationChunks, now: float) -> None:
+        """Admit waiting requests in queue order while the budget lasts, each with its chunk. One that the
+        partial-prefill limits keep out is passed over, so a shorter one behind it goes (vLLM v0's
+        `PartialPrefillMetadata`: "smaller requests may jump the queue in front of them"); one that free
+        KV refuses stops admission (vLLM: allocation LATER ends the scan)."""
         if self.admission != "fcfs":
             self._order_waiting(now)
-        return self._next_to_admit()
+        queue = self.waiting if self.waiting or self.admission == "fcfs" else self.late
+        for state in list(itertools.islice(queue, self.SCAN)):
+            if it.budget <= 0:
+                break
+            if not it.chunk_len(self._remaining_if_admitted(state), state.target_len):
+                continue
+            if not self.try_admit(state, now):
+                break
+            queue.remove(state)
+            it.offer(state)
 
     def _remaining_if_admitted(self, state: RequestState) -> int:
         """Prefill left after admission: the prompt less its cached prefix (as try_admit counts it)."""

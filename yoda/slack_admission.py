@@ -25,8 +25,14 @@ def edf_key(deadline: float, now: float, order: int) -> tuple[bool, float, int]:
 
 
 class SlackAdmission:
+    # "fcfs" (set by the policy factory, `yoda.policies`): Yoda's PD multiplexing with arrival-order
+    # admission, as the baselines ship, so a table can separate what each part buys
+    admission = "deadline"
+
     def _slack_key(self, state: RequestState, now: float) -> tuple[bool, float, int]:
         """EDF, except that a prefill that cannot meet its deadline even if started now goes last."""
+        if self.admission == "fcfs":
+            return (False, float(state.order), state.order)
         deadline = self._deadline(state)
         return (deadline - now < self._solo_prefill_s(state), deadline, state.order)
 
@@ -39,9 +45,10 @@ class SlackAdmission:
         except for requests whose slack key is below `ahead_of` (the most urgent admitted prefill's): they
         would go first, so they are admitted even when the admitted prompts fill the next job (unless an
         admitted prefill is computing their next prefix blocks: admitted now, they would compute them again)."""
-        while self.waiting and self._deadline(self.waiting[0]) < now and self.waiting[0].num_generated == 0:
+        edf = self.admission != "fcfs"
+        while edf and self.waiting and self._deadline(self.waiting[0]) < now and self.waiting[0].num_generated == 0:
             self.late.append(self.waiting.popleft())
-        if self.slo.ttft_ms_per_token > 0 and len(self.waiting) > 1:
+        if edf and self.slo.ttft_ms_per_token > 0 and len(self.waiting) > 1:
             head = sorted(itertools.islice(self.waiting, self.NEED_SCAN),
                           key=lambda s: edf_key(self._deadline(s), now, s.order))
             for _ in range(len(head)):

@@ -89,16 +89,21 @@ def test_the_chunk_cap_lets_a_short_prompt_share_the_iteration_with_a_long_one()
     assert first_launch_chunks(sched, LONG_AND_SHORT) == {0: 512, 1: 100}
 
 
-def test_partial_prefill_limits_keep_a_second_long_prompt_out_until_raised():
+def test_partial_prefill_limits_pass_over_a_second_long_prompt_until_raised():
     reqs = [Request(0, 0.0, 10_000, 4), Request(1, 0.0, 8_000, 4), Request(2, 0.0, 100, 4)]
     one = ChunkedPrefill(config(), SLO(), token_budget=2048, long_prefill_token_threshold=512)
-    assert first_launch_chunks(one, reqs) == {0: 512}  # FCFS: the short one waits behind the second long one
+    # one partial prefill at a time: the second long prompt is passed over, the short one behind it goes
+    assert first_launch_chunks(one, reqs) == {0: 512, 2: 100}
+    assert [s.id for s in one.waiting] == [1]
     two = ChunkedPrefill(config(), SLO(), token_budget=2048, long_prefill_token_threshold=512,
                          max_num_partial_prefills=3, max_long_partial_prefills=2)
     assert first_launch_chunks(two, reqs) == {0: 512, 1: 512, 2: 100}
     longs_one = ChunkedPrefill(config(), SLO(), token_budget=2048, long_prefill_token_threshold=512,
                                max_num_partial_prefills=3, max_long_partial_prefills=1)
-    assert first_launch_chunks(longs_one, reqs) == {0: 512}
+    assert first_launch_chunks(longs_one, reqs) == {0: 512, 2: 100}
+    short_partial = [Request(0, 0.0, 10_000, 4), Request(1, 0.0, 400, 4)]  # not long, but left partial
+    assert first_launch_chunks(ChunkedPrefill(config(), SLO(), token_budget=700, long_prefill_token_threshold=512,
+                                              max_num_partial_prefills=2), short_partial) == {0: 512, 1: 188}
 
 
 def test_bad_chunk_limits_are_refused():
