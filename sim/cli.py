@@ -298,7 +298,7 @@ def _tuned_goodput(ctx: typer.Context, flags: dict) -> None:
             raise ValueError(f"--admission must be fcfs or deadline, got {flags['admission']!r}")
         if flags["workers"] < 1:
             raise ValueError(f"--workers must be >= 1, got {flags['workers']}")
-        seeds = tuple(int(s) for s in _floats(flags["seeds"], "--seeds")) if flags["seeds"] else (flags["seed"],)
+        seeds = _seeds(flags["seeds"]) if flags["seeds"] is not None else (flags["seed"],)
         cfg = make_config(flags)
         grid = grid_for(cfg.policy, cfg.num_instances) if flags["tune"] else [{}]
         workload = TraceWorkload(_trace(flags), flags["fmt"], flags["max_requests"], flags["skip_bad"],
@@ -326,6 +326,16 @@ def _tuned_goodput(ctx: typer.Context, flags: dict) -> None:
     console().print(f"goodput of {cfg.policy} on {workload.trace}: [bold]{found['goodput_rps']:.3f} req/s[/] "
                     f"(95% CI {low:.3f}..{high:.3f}, seeds {seeds}), config {found['config']} "
                     f"({res['wall_s']:.1f} s)", highlight=False)
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds needs distinct integers, got {text!r}")
+    return seeds
 
 
 def _probe_line(rate: float, m: dict, criterion: str) -> str:

@@ -64,6 +64,26 @@ def grid_for(policy: str, num_instances: int = 1, num_sms: int = 132) -> list[di
     return grids[policy]()
 
 
+def policy_knobs(policy: str) -> dict:
+    """The knobs `policy` exposes, at their defaults (so a reported config always names them all, e.g.
+    chunked prefill's chunk cap, 0 when off)."""
+    import inspect
+
+    from yoda.disaggregation import DisaggPrefill
+    from yoda.gang_scheduler import YodaOptions
+    from yoda.policies import POLICIES
+
+    if policy == "yoda":
+        return {"admission": "deadline", "prefill_tokens": YodaOptions().prefill_tokens}
+    factories = [POLICIES["chunked"], DisaggPrefill] if policy == "disagg" else [POLICIES[policy]]
+    knobs: dict = {}
+    for factory in factories:
+        for name, p in inspect.signature(factory).parameters.items():
+            if p.default is not inspect.Parameter.empty and name not in ("config", "slo"):
+                knobs[name] = p.default
+    return knobs
+
+
 def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean and Student-t 95% interval of the mean (the mean twice for one value or no spread)."""
     from scipy import stats
@@ -211,8 +231,9 @@ def _result(cell: TuneCell, variant: dict, shortlist: list, confirmed: list[list
     probe_requests = min(r["probe_requests"] for r in confirmed[pick])
     return {
         "goodput_rps": mean, "goodput_rps_per_seed": per_seed, "ci95": [low, high], "seeds": list(cell.seeds),
-        "config": {"policy": cfg.policy, **cfg.policy_options,
-                   **({"num_prefill_instances": cfg.num_prefill_instances} if cfg.policy == "disagg" else {})},
+        "config": {"policy": cfg.policy, **policy_knobs(cfg.policy), **cfg.policy_options,
+                   **({"num_prefill_instances": cfg.num_prefill_instances or max(1, cfg.num_instances // 2)}
+                      if cfg.policy == "disagg" else {})},
         "criterion": cell.criterion, "probe_requests": probe_requests,
         "requests_beyond_p99": math.floor(probe_requests * (1 - cfg.slo.percentile / 100)),
         "num_probes": sum(r["num_probes"] for rows in confirmed for r in rows),
