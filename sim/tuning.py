@@ -159,14 +159,15 @@ def _search(task: tuple) -> dict:
 
     from yoda.goodput import search_goodput
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     workload, cfg, seed, start_rps, rel_tol, max_probes, growth, criterion = task
     run, start = workload.runner(cfg, seed)
     found = search_goodput(run, cfg.slo, start_rps or start, criterion=criterion, rel_tol=rel_tol,
                            max_probes=max_probes, growth=growth)
     ok = [p for p in found.probes if p["ok"]] or found.probes
     return {"goodput_rps": found.goodput_rps, "num_probes": len(found.probes),
-            "probe_requests": min(p["completed"] + p["rejected"] for p in ok), "wall_s": time.perf_counter() - started}
+            "probe_requests": min(p["completed"] + p["rejected"] for p in ok), "wall_s": time.perf_counter() - started,
+            "cpu_s": time.process_time() - cpu}
 
 
 def map_searches(tasks: list[tuple], workers: int, on_done: Callable[[], None] | None = None) -> list[dict]:
@@ -237,7 +238,10 @@ def _result(cell: TuneCell, variant: dict, shortlist: list, confirmed: list[list
         "criterion": cell.criterion, "probe_requests": probe_requests,
         "requests_beyond_p99": math.floor(probe_requests * (1 - cfg.slo.percentile / 100)),
         "num_probes": sum(r["num_probes"] for rows in confirmed for r in rows),
+        # seconds of the searches behind this result (the grid's coarse ones are counted on the first variant)
         "search_wall_s": sum(r["wall_s"] for rows in confirmed for r in rows),
+        "search_cpu_s": sum(r["cpu_s"] for rows in confirmed for r in rows)
+        + (sum(r["cpu_s"] for r in found) if found and variant is cell.variants[0] else 0.0),
         "grid": [{"options": p, "coarse_goodput_rps": found[i]["goodput_rps"] if found else None}
                  for i, p in enumerate(cell.grid)],
         "confirmed": [{"options": cell.grid[i], "mean_goodput_rps": m} for (i, _), m in zip(shortlist, means)],
