@@ -19,7 +19,7 @@ from typing import Sequence
 
 from yoda.backend import DECODE, PREFILL, Launch, PrefillChunk
 from yoda.request import SLO
-from yoda.scheduler import PrefillJob, RequestState, SchedulerConfig, SchedulerCore
+from yoda.scheduler import PrefillJob, RequestState, SchedulerConfig
 from yoda.slack_admission import DeadlineAdmission
 
 
@@ -82,7 +82,7 @@ class IterationChunks:
         return True
 
 
-class ChunkedPrefill(DeadlineAdmission, SchedulerCore):
+class ChunkedPrefill(DeadlineAdmission):
     """Knobs: `token_budget` is vLLM's `max_num_batched_tokens` (decode tokens count against it; SGLang's
     `--chunked-prefill-size` is the same budget for prefill tokens alone); `long_prefill_token_threshold`,
     `max_num_partial_prefills` and `max_long_partial_prefills` as in `ChunkLimits`."""
@@ -164,7 +164,7 @@ class ChunkedPrefill(DeadlineAdmission, SchedulerCore):
         return self._quiet_steps(min(prompt_steps, self.max_decode_steps))
 
 
-class PrefillFirst(DeadlineAdmission, SchedulerCore):
+class PrefillFirst(DeadlineAdmission):
     """Knob: `max_prefill_tokens`, new tokens admitted per prefill batch (vLLM v0 `max_num_batched_tokens`
     without chunked prefill); a prompt longer than it still runs whole."""
 
@@ -189,7 +189,7 @@ class PrefillFirst(DeadlineAdmission, SchedulerCore):
         return [self.decode_launch(batch, self.config.num_sms)] if batch else []
 
 
-class StaticSplit(DeadlineAdmission, SchedulerCore):
+class StaticSplit(DeadlineAdmission):
     """Knobs: `decode_sms` (the fixed decode share; semi-PD's static SM ratio) and `chunk_tokens` (prefill
     tokens per step)."""
 
@@ -220,7 +220,7 @@ class StaticSplit(DeadlineAdmission, SchedulerCore):
         return launches
 
 
-class TemporalSplit(DeadlineAdmission, SchedulerCore):
+class TemporalSplit(DeadlineAdmission):
     """Alternates one decode step and one prefill layer group on the whole GPU. Knob: `layers_per_group`."""
 
     def __init__(self, config: SchedulerConfig, slo: SLO, layers_per_group: int = 4, admission: str = "fcfs") -> None:

@@ -14,7 +14,7 @@ import itertools
 from collections import deque
 from typing import Iterable
 
-from yoda.scheduler import RequestState
+from yoda.scheduler import RequestState, SchedulerCore
 
 ADMISSIONS = ("fcfs", "deadline")
 
@@ -141,8 +141,8 @@ class SlackAdmission:
         return found
 
 
-class DeadlineAdmission:
-    """Admission as a layer of a baseline scheduler (a mixin before `SchedulerCore`): with
+class DeadlineAdmission(SchedulerCore):
+    """A `SchedulerCore` whose admission is a layer (the baselines subclass it): with
     `admission="fcfs"` (as the real systems ship) nothing changes; with "deadline" waiting requests are
     admitted, and admitted prefills get their chunks, in Yoda's TTFT-deadline order (`edf_key`): requests
     that already missed their TTFT wait in `late` and go only when nothing that can still make it waits,
@@ -152,7 +152,7 @@ class DeadlineAdmission:
 
     SCAN = 32  # waiting requests re-sorted by deadline at each admission (Yoda's NEED_SCAN)
     admission = "fcfs"
-    late: deque
+    late: deque[RequestState]
 
     def _init_admission(self, admission: str) -> None:
         if admission not in ADMISSIONS:
