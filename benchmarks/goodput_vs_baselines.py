@@ -8,8 +8,9 @@ search by bisection; each probe replays at least `--min-requests` requests, so e
 10 requests beyond it). Every policy is tuned over its declared grid (sim/tuning.py: chunked prefill's token
 budget x per-request chunk cap x partial prefills, prefill-first's max prefill tokens, the static split's
 decode share x chunk size, the temporal split's layers per group, disaggregation's xP:yD x prefill chunking,
-Yoda's prefill job size): the grid on the first seed with a coarse search, the best `--top` points on every
-seed, for each admission layer (fcfs: as the systems ship; deadline: Yoda's TTFT-deadline order). Each cell
+Yoda's prefill job size): the grid on the first seed with a coarse search on probes half as long, the best
+`--top` points on every seed with the shipped admission layer and the best one with the other (fcfs: as the
+systems ship; deadline: Yoda's TTFT-deadline order). Each cell
 is the mean over the seeds with a Student-t 95% interval. Setups: one H100 with Llama-3-8B (TBT 50 ms),
 one 8-GPU Llama-3-70B instance at TP=8 (TBT 100 ms), and 2, 4 and 8 H100s with Llama-3-8B, where PD
 disaggregation (best xP:yD) competes with as many instances of Yoda and chunked prefill behind the
@@ -105,12 +106,14 @@ def make_cells(setups, workloads, seeds, min_requests, max_requests, span_s, top
         start = 0.5 * s.num_gpus / s.tp * (2 if s.tp > 1 else 1)
         for w in workloads:
             load = BenchWorkload(w, span_s, min_requests, max_requests)
+            # the grid is ranked on probes of half the length (the chosen points are confirmed on full ones)
+            coarse = BenchWorkload(w, span_s / 2, max(min_requests // 2, 1), max(max_requests // 2, 1))
 
             def cell(policy, options=None, grid=None, variants=None):
                 cfg = SimConfig(policy=policy, model=s.model, tp=s.tp, num_instances=s.num_instances, slo=slo,
                                 policy_options=options or {}, record_timeline=False)
                 return TuneCell(load, cfg, seeds, grid or grid_for(policy, s.num_instances), start_rps=start,
-                                max_probes=14, top=top, variants=variants or _variants(policy))
+                                max_probes=14, top=top, variants=variants or _variants(policy), coarse_workload=coarse)
             for policy in s.policies:
                 cells.append(cell(policy))
                 keys.append((s.name, w, policy, None))

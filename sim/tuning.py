@@ -6,8 +6,9 @@
     ((result,),) = run_tuning([cell], workers=2)    # result["goodput_rps"], ["ci95"], ["config"], ...
 
 Two phases, each fanned out over processes across all cells: (1) every grid point's goodput on the first
-seed with a coarse search (`COARSE_TOL`); (2) the best `top` points again on every seed with a fine search
-(`FINE_TOL`) started at the coarse result. The chosen point has the highest mean over the seeds; its
+seed with a coarse search (`COARSE_TOL`, optionally on shorter probes); (2) the best `top` points again on
+every seed with a fine search (`FINE_TOL`) started at the coarse result (further variants of a cell, e.g.
+the other admission layer, confirm the best point only). The chosen point has the highest mean over the seeds; its
 per-seed goodputs give the mean and a Student-t 95% interval (scipy). A seed changes every random step of a
 probe's workload (arrival times, bucket spreading, sampled lengths).
 """
@@ -142,8 +143,9 @@ class TuneCell:
     criterion: str = "fleet"
     start_rps: float | None = None
     max_probes: int = 16
-    top: int = 2  # grid points confirmed on every seed
+    top: int = 2  # grid points confirmed on every seed with the first variant; the others confirm the best one
     variants: tuple[dict, ...] = ({},)
+    coarse_workload: Workload | None = None  # the grid search's probes (default: `workload`), e.g. shorter
 
 
 def apply_point(cfg, point: dict):
@@ -191,15 +193,16 @@ def map_searches(tasks: list[tuple], workers: int, on_done: Callable[[], None] |
 
 def num_searches(cells: Sequence[TuneCell]) -> int:
     """Searches `run_tuning` will run (for a progress bar)."""
-    return sum((len(c.grid) if len(c.grid) > 1 else 0) + min(c.top, len(c.grid)) * len(c.variants) * len(c.seeds)
-               for c in cells)
+    return sum((len(c.grid) if len(c.grid) > 1 else 0)
+               + (min(c.top, len(c.grid)) + len(c.variants) - 1) * len(c.seeds) for c in cells)
 
 
 def run_tuning(cells: Sequence[TuneCell], workers: int = 1,
                on_done: Callable[[], None] | None = None) -> list[list[dict]]:
     """Tune every cell (each phase fanned out across all cells); per cell, one result dict per variant."""
-    coarse_tasks = [(c.workload, apply_point(c.config, {**c.variants[0], **p}), c.seeds[0], c.start_rps, COARSE_TOL,
-                     c.max_probes, 2.0, c.criterion) for c in cells if len(c.grid) > 1 for p in c.grid]
+    coarse_tasks = [(c.coarse_workload or c.workload, apply_point(c.config, {**c.variants[0], **p}), c.seeds[0],
+                     c.start_rps, COARSE_TOL, c.max_probes, 2.0, c.criterion)
+                    for c in cells if len(c.grid) > 1 for p in c.grid]
     coarse = iter(map_searches(coarse_tasks, workers, on_done))
     shortlists = []  # per cell: [(grid index, coarse result or None)]
     for c in cells:
@@ -211,15 +214,21 @@ def run_tuning(cells: Sequence[TuneCell], workers: int = 1,
         shortlists.append([(i, found) for i in best])
     fine_tasks = []
     for c, shortlist in zip(cells, shortlists):
-        for variant in c.variants:
-            for i, found in shortlist:
+        for k, variant in enumerate(c.variants):
+            for i, found in shortlist[: None if k == 0 else 1]:
                 guess = found[i]["goodput_rps"] if found else 0.0
                 growth = 1.25 if guess > 0 else 2.0
                 fine_tasks += [(c.workload, apply_point(c.config, {**c.grid[i], **variant}), s, guess or c.start_rps,
                                 FINE_TOL, c.max_probes, growth, c.criterion) for s in c.seeds]
     fine = iter(map_searches(fine_tasks, workers, on_done))
-    return [[_result(c, variant, shortlist, [[next(fine) for _ in c.seeds] for _ in shortlist])
-             for variant in c.variants] for c, shortlist in zip(cells, shortlists)]
+    results = []
+    for c, shortlist in zip(cells, shortlists):
+        per_variant = []
+        for k, variant in enumerate(c.variants):
+            confirm = shortlist[: None if k == 0 else 1]
+            per_variant.append(_result(c, variant, confirm, [[next(fine) for _ in c.seeds] for _ in confirm]))
+        results.append(per_variant)
+    return results
 
 
 def _result(cell: TuneCell, variant: dict, shortlist: list, confirmed: list[list[dict]]) -> dict:
