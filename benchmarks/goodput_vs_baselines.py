@@ -235,7 +235,7 @@ def main(quick: bool = typer.Option(False, help="development run: 2 workloads, 1
                                     "300..600-request probes, best point only; writes *_quick files"),
          seeds: str = typer.Option("0,1,2", help="comma-separated seeds (>= 3 for the headline tables)"),
          min_requests: int = typer.Option(1000, help="fewest requests per probe"),
-         max_requests: int = typer.Option(1500, help="most requests per probe (sessions/4 for session generators)"),
+         max_requests: int = typer.Option(1200, help="most requests per probe (sessions/4 for session generators)"),
          span: float = typer.Option(240.0, help="arrival window per probe, seconds (requests = rate x span)"),
          top: int = typer.Option(2, help="grid points confirmed on every seed"),
          workers: int = typer.Option(2, help="parallel processes"),
