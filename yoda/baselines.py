@@ -154,6 +154,11 @@ class ChunkedPrefill(DeadlineAdmission):
         result is that of single iterations."""
         if len(chunks) != 1 or self.ready:
             return 1
+        # NOTE: deadline order changes with time alone (a deadline passing sends a request last), so a
+        # repeat is only safe with nothing else to order
+        if self.admission != "fcfs" and (self.waiting or self.late or sum(
+                s.remaining_prefill > 0 for s in self.prefilling) > 1):
+            return 1
         chunk = chunks[0]
         capped = chunk.num_new == self.limits.long_prefill_token_threshold and not (self.waiting or self.late)
         if budget_left != 0 and not capped:
