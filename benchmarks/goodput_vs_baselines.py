@@ -8,7 +8,7 @@ search by bisection; each probe replays at least `--min-requests` requests, so e
 10 requests beyond it). Every policy is tuned over its declared grid (sim/tuning.py: chunked prefill's token
 budget x per-request chunk cap x partial prefills, prefill-first's max prefill tokens, the static split's
 decode share x chunk size, the temporal split's layers per group, disaggregation's xP:yD x prefill chunking,
-Yoda's prefill job size): the grid on the first seed with a coarse search on probes half as long, the best
+Yoda's prefill job size): the grid on the first seed with a coarse search on probes a third as long, the best
 `--top` points on every seed with the shipped admission layer and the best one with the other (fcfs: as the
 systems ship; deadline: Yoda's TTFT-deadline order). Each cell
 is the mean over the seeds with a Student-t 95% interval. Setups: one H100 with Llama-3-8B (TBT 50 ms),
@@ -106,8 +106,8 @@ def make_cells(setups, workloads, seeds, min_requests, max_requests, span_s, top
         start = 0.5 * s.num_gpus / s.tp * (2 if s.tp > 1 else 1)
         for w in workloads:
             load = BenchWorkload(w, span_s, min_requests, max_requests)
-            # the grid is ranked on probes of half the length (the chosen points are confirmed on full ones)
-            coarse = BenchWorkload(w, span_s / 2, max(min_requests // 2, 1), max(max_requests // 2, 1))
+            # the grid is ranked on probes a third as long (the chosen points are confirmed on full ones)
+            coarse = BenchWorkload(w, span_s / 3, max(min_requests // 3, 1), max(max_requests // 3, 1))
 
             def cell(policy, options=None, grid=None, variants=None):
                 cfg = SimConfig(policy=policy, model=s.model, tp=s.tp, num_instances=s.num_instances, slo=slo,
@@ -235,7 +235,7 @@ def main(quick: bool = typer.Option(False, help="development run: 2 workloads, 1
                                     "300..600-request probes, best point only; writes *_quick files"),
          seeds: str = typer.Option("0,1,2", help="comma-separated seeds (>= 3 for the headline tables)"),
          min_requests: int = typer.Option(1000, help="fewest requests per probe"),
-         max_requests: int = typer.Option(1200, help="most requests per probe (sessions/4 for session generators)"),
+         max_requests: int = typer.Option(1000, help="most requests per probe (sessions/4 for session generators)"),
          span: float = typer.Option(240.0, help="arrival window per probe, seconds (requests = rate x span)"),
          top: int = typer.Option(2, help="grid points confirmed on every seed"),
          workers: int = typer.Option(2, help="parallel processes"),

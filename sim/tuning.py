@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol, Sequence
 
-COARSE_TOL, FINE_TOL = 0.15, 0.04
+COARSE_TOL, FINE_TOL = 0.15, 0.05
 CONFIG_KEYS = ("num_prefill_instances",)  # grid keys that are SimConfig fields; the rest are policy options
 
 
