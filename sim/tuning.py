@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol, Sequence
 
-COARSE_TOL, FINE_TOL = 0.15, 0.05
+COARSE_TOL, FINE_TOL = 0.2, 0.05
 CONFIG_KEYS = ("num_prefill_instances",)  # grid keys that are SimConfig fields; the rest are policy options
 
 
@@ -217,7 +217,7 @@ def run_tuning(cells: Sequence[TuneCell], workers: int = 1,
         for k, variant in enumerate(c.variants):
             for i, found in shortlist[: None if k == 0 else 1]:
                 guess = found[i]["goodput_rps"] if found else 0.0
-                growth = 1.25 if guess > 0 else 2.0
+                growth = 1.2 if guess > 0 else 2.0
                 fine_tasks += [(c.workload, apply_point(c.config, {**c.grid[i], **variant}), s, guess or c.start_rps,
                                 FINE_TOL, c.max_probes, growth, c.criterion) for s in c.seeds]
     fine = iter(map_searches(fine_tasks, workers, on_done))
