@@ -226,6 +226,14 @@ def goodput_cmd(
     ablation: list[str] = ABLATION, no_contention: bool = NO_CONTENTION, contention: str = CONTENTION, skip_bad: bool = SKIP_BAD,
     start_rps: float | None = START_RPS, criterion: str = CRITERION, max_probes: int = MAX_PROBES,
     force: bool = FORCE, truncate: bool = TRUNCATE,
+    tune: bool = typer.Option(False, "--tune", help="search the policy's declared knob grid (sim/tuning.py) "
+                              "on the first seed, confirm the best on every seed; --option values stay "
+                              "fixed unless the grid sets them"),
+    seeds: str | None = typer.Option(None, "--seeds", help="comma-separated seeds, e.g. 1,2,3: goodput per "
+                                     "seed, their mean and a 95% t-interval (default: --seed alone)"),
+    admission: str | None = typer.Option(None, "--admission", help="fcfs or deadline (Yoda's TTFT-deadline "
+                                         "order); default: the policy's own (baselines fcfs, yoda deadline)"),
+    workers: int = typer.Option(1, "--workers", help="processes for the searches of --tune/--seeds"),
     out: Path | None = typer.Option(None, "--out", help="write goodput.json and goodput.png (attainment "
                                     "against rate, the rate found and the target drawn) here"),
     as_json: bool = JSON_OUT,
@@ -234,6 +242,11 @@ def goodput_cmd(
     Default SLO: TTFT 1000 ms or 0.25 ms per prompt token (whichever is larger), TBT 50 ms, at P99."""
     flags = {k: v for k, v in locals().items() if k != "ctx"}
     import time
+
+    if admission is not None:
+        flags["option"] = [*option, f"admission={admission}"]
+    if tune or seeds is not None:
+        return _tuned_goodput(ctx, flags)
 
     from sim.goodput_report import print_goodput, search_with_progress, write_goodput
     from sim.outputs import json_safe
@@ -263,6 +276,60 @@ def goodput_cmd(
         sys.stdout.write(json.dumps(res) + "\n")
         return
     print_goodput(res, cfg, desc, notes, paths)
+
+
+def _tuned_goodput(ctx: typer.Context, flags: dict) -> None:
+    """`yoda goodput --tune` / `--seeds`: sim/tuning.py's two-phase search; JSON with goodput_rps (mean over
+    seeds), goodput_rps_per_seed, ci95 and the chosen config."""
+    import time
+
+    from sim.outputs import console, json_safe
+    from sim.tuning import TraceWorkload, TuneCell, grid_for, run_tuning
+
+    with _user_errors():
+        _check_goodput_flags(flags["start_rps"], flags["criterion"], flags["max_probes"])
+        if flags["admission"] not in (None, "fcfs", "deadline"):
+            raise ValueError(f"--admission must be fcfs or deadline, got {flags['admission']!r}")
+        if flags["workers"] < 1:
+            raise ValueError(f"--workers must be >= 1, got {flags['workers']}")
+        seeds = _seeds(flags["seeds"]) if flags["seeds"] is not None else (flags["seed"],)
+        cfg = make_config(flags)
+        grid = grid_for(cfg.policy, cfg.num_instances) if flags["tune"] else [{}]
+        workload = TraceWorkload(_trace(flags), flags["fmt"], flags["max_requests"], flags["skip_bad"],
+                                 flags["replay"], flags["cv"])
+        workload.runner(cfg, seeds[0])  # a bad trace or replay fails here, with one line
+        started = time.perf_counter()
+        ((found,),) = run_tuning([TuneCell(workload, cfg, seeds, grid, flags["criterion"], flags["start_rps"],
+                                        flags["max_probes"])], flags["workers"])
+    res = json_safe({**found, "policy": cfg.policy, "trace": workload.trace, "slo_ttft_ms": cfg.slo.ttft_ms,
+                     "slo_ttft_ms_per_token": cfg.slo.ttft_ms_per_token, "slo_tbt_ms": cfg.slo.tbt_ms,
+                     "slo_percentile": cfg.slo.percentile, "wall_s": time.perf_counter() - started,
+                     "command": _command_line(ctx), "flags": _jsonable_flags(flags)})
+    err = console(stderr=True)
+    if found["requests_beyond_p99"] < 10:
+        err.print(f"note: probes of {found['probe_requests']} requests: each P99 TTFT rests on "
+                  f"{found['requests_beyond_p99']} requests beyond it (fewer than 10)", highlight=False)
+    if flags["out"] is not None:
+        with _user_errors():
+            flags["out"].mkdir(parents=True, exist_ok=True)
+            (flags["out"] / "goodput.json").write_text(json.dumps(res, indent=2) + "\n")
+    if flags["as_json"]:
+        sys.stdout.write(json.dumps(res) + "\n")
+        return
+    low, high = found["ci95"]
+    console().print(f"goodput of {cfg.policy} on {workload.trace}: [bold]{found['goodput_rps']:.3f} req/s[/] "
+                    f"(95% CI {low:.3f}..{high:.3f}, seeds {seeds}), config {found['config']} "
+                    f"({res['wall_s']:.1f} s)", highlight=False)
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds needs distinct integers, got {text!r}")
+    return seeds
 
 
 def _probe_line(rate: float, m: dict, criterion: str) -> str:

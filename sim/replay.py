@@ -56,9 +56,9 @@ def _schedulers(cfg, sched_cfg: SchedulerConfig, estimator_factory, count: int):
     num_p = cfg.num_prefill_instances or max(1, cfg.num_instances // 2)
     if not 0 < num_p < cfg.num_instances:
         raise ValueError(f"disagg needs 1 <= prefill instances < {cfg.num_instances}, got {num_p}")
-    if cfg.policy_options:
-        raise ValueError(f"disagg takes no policy options, got {sorted(cfg.policy_options)}")
-    return ([DisaggPrefill(sched_cfg, cfg.slo) for _ in range(num_p)]
+    # policy options configure the prefill side (chunk knobs, admission); decode instances take none
+    options = {k: v for k, v in cfg.policy_options.items() if k not in menu_keys}
+    return ([DisaggPrefill(sched_cfg, cfg.slo, **options) for _ in range(num_p)]
             + [DisaggDecode(sched_cfg, cfg.slo) for _ in range(cfg.num_instances - num_p)])
 
 

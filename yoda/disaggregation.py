@@ -1,10 +1,13 @@
 """PD disaggregation (DistServe / SGLang-PD / Mooncake): prefill and decode on different instances.
 
-A prefill instance runs prompt batches on its whole GPU; when a prefill completes it computes the first
-token and hands the whole batch to the cluster, which moves its KV over the link to a decode instance. The
-user sees that first token only when the decode instance has the KV and admits the request (SGLang PD,
-vLLM's disaggregated connectors and Mooncake stream every token from the decode side), so TTFT is stamped
-then. A decode instance runs decode steps on its whole GPU; a request it must preempt is recomputed there.
+A prefill instance runs chunked prefill on its whole GPU (ChunkedPrefill's chunks with no decode: token
+budget, per-request chunk cap and partial-prefill limits, as an SGLang-PD / Mooncake prefill node runs
+`--chunked-prefill-size`); by default one budget of `max_prefill_tokens` and no cap, i.e. whole-prompt
+batches. When a prefill completes it computes the first token and hands the whole batch to the cluster,
+which moves its KV over the link to a decode instance. The user sees that first token only when the decode
+instance has the KV and admits the request (SGLang PD, vLLM's disaggregated connectors and Mooncake stream
+every token from the decode side), so TTFT is stamped then. A decode instance runs decode steps on its
+whole GPU; a request it must preempt is recomputed there.
 Multi-turn follow-ups: the prefill instance reuses what its own cache holds; the cluster may first move
 a longer matching prefix back from a decode instance (`kv_return="move"`) or recompute it ("recompute").
 """
@@ -13,28 +16,27 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from yoda.backend import PREFILL, Launch
-from yoda.baselines import PrefillFirst
+from yoda.baselines import ChunkedPrefill, PrefillFirst
 from yoda.request import SLO
-from yoda.scheduler import RequestState, SchedulerConfig, SchedulerCore
+from yoda.scheduler import RequestState, SchedulerConfig
 
 # (requests whose prefill ended together, now, when each prompt's first chunk started): the cluster moves
 # their KV to decode instances
 Handoff = Callable[[list[RequestState], float, list[float]], None]
 
 
-class DisaggPrefill(SchedulerCore):
+class DisaggPrefill(ChunkedPrefill):
     role = "prefill"
 
-    def __init__(self, config: SchedulerConfig, slo: SLO) -> None:
-        super().__init__(config, slo)
+    def __init__(self, config: SchedulerConfig, slo: SLO, token_budget: int | None = None, **chunk_options) -> None:
+        super().__init__(config, slo, token_budget or config.max_prefill_tokens, **chunk_options)
         self.handoff: Handoff | None = None
         self.prefill_started_at: dict[int, float] = {}  # request -> launch of its prompt's first chunk
 
     def schedule(self, now: float, busy: dict[str, Launch]) -> Sequence[Launch]:
         if busy:
             return []
-        self.admit_waiting(now, self.config.max_prefill_tokens)
-        chunks = self.prefill_chunks(self.prefilling, self.config.max_prefill_tokens)
+        chunks = self.iteration_chunks(now, self.token_budget, 0).chunks
         for chunk in chunks:
             self.prefill_started_at.setdefault(chunk.request_id, now)
         return [self.prefill_launch(chunks, self.config.num_sms, PREFILL)] if chunks else []

@@ -55,10 +55,14 @@ CRITERIA: dict[str, Callable[[dict], bool]] = {
 
 def search_goodput(run: RunAtRate, slo: SLO, start_rps: float, *, criterion: str = "strict",
                    rel_tol: float = 0.03, max_probes: int = 20,
-                   on_probe: Callable[[float, dict], None] | None = None) -> GoodputResult:
-    """Bracket the goodput by doubling/halving from `start_rps`, then bisect to `rel_tol`."""
+                   on_probe: Callable[[float, dict], None] | None = None, growth: float = 2.0) -> GoodputResult:
+    """Bracket the goodput by multiplying/dividing by `growth` from `start_rps` (2: doubling/halving; a
+    smaller factor when `start_rps` is already a good guess, e.g. a coarse search's result), then bisect to
+    `rel_tol`."""
     if start_rps <= 0:
         raise ValueError("start_rps must be positive")
+    if growth <= 1:
+        raise ValueError(f"growth must be > 1, got {growth}")
     if criterion not in CRITERIA:
         raise ValueError(f"unknown goodput criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
     ok_fn = CRITERIA[criterion]
@@ -81,12 +85,12 @@ def search_goodput(run: RunAtRate, slo: SLO, start_rps: float, *, criterion: str
             lo = rate
             if hi is not None:
                 break
-            rate *= 2
+            rate *= growth
         else:
             hi = rate
             if lo > 0:
                 break
-            rate /= 2
+            rate /= growth
             if rate < start_rps / 1024:
                 return result
     while hi is not None and lo > 0 and (hi - lo) / hi > rel_tol and len(result.probes) < max_probes:

@@ -1,4 +1,7 @@
-"""Policy registry: name -> factory(config, slo, **options). Plain dict, no registry classes."""
+"""Policy registry: name -> factory(config, slo, **options). Plain dict, no registry classes.
+
+Every per-GPU policy takes `admission="fcfs"` or `"deadline"` (Yoda's TTFT-deadline order,
+`yoda/slack_admission.py`): the baselines ship with FCFS, Yoda with deadline."""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,13 +9,19 @@ from typing import Callable
 from yoda.baselines import ChunkedPrefill, PrefillFirst, StaticSplit, TemporalSplit
 from yoda.request import SLO
 from yoda.scheduler import SchedulerConfig
+from yoda.slack_admission import ADMISSIONS
 
 PolicyFactory = Callable[..., object]
 
 
-def _yoda(config: SchedulerConfig, slo: SLO, **options):
+def _yoda(config: SchedulerConfig, slo: SLO, admission: str = "deadline", **options):
+    """Yoda; `admission="fcfs"` keeps its PD multiplexing but admits and orders prefills by arrival."""
     from yoda.gang_scheduler import GangScheduler
-    return GangScheduler(config, slo, **options)
+    if admission not in ADMISSIONS:
+        raise ValueError(f"admission must be one of {', '.join(ADMISSIONS)}, got {admission!r}")
+    scheduler = GangScheduler(config, slo, **options)
+    scheduler.admission = admission
+    return scheduler
 
 
 POLICIES: dict[str, PolicyFactory] = {

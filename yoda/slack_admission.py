@@ -3,19 +3,36 @@ requests that already missed their TTFT last, and a request whose next uncached 
 computed by an admitted prefill waits for it when its TTFT slack allows, turning a recompute of the shared
 prefix (a document, an earlier turn, a system prompt) into a cache hit.
 
-A mixin of GangScheduler: it uses the scheduler's queues (waiting, late, prefilling), KV cache, estimator,
-options and `_deadline` / `_solo_prefill_s`.
+`SlackAdmission` is a mixin of GangScheduler: it uses the scheduler's queues (waiting, late, prefilling), KV
+cache, estimator, options and `_deadline` / `_solo_prefill_s`. `DeadlineAdmission` is the same admission
+order as a layer any baseline can run instead of FCFS (`admission="deadline"`), so a table can tell what the
+order buys apart from what PD multiplexing buys.
 """
 from __future__ import annotations
 
 import itertools
+from collections import deque
+from typing import Iterable
 
-from yoda.scheduler import RequestState
+from yoda.scheduler import RequestState, SchedulerCore
+
+ADMISSIONS = ("fcfs", "deadline")
+
+
+def edf_key(deadline: float, now: float, order: int) -> tuple[bool, float, int]:
+    """TTFT-deadline order (EDF), requests whose deadline has already passed last, then arrival order."""
+    return (deadline < now, deadline, order)
 
 
 class SlackAdmission:
+    # "fcfs" (set by the policy factory, `yoda.policies`): Yoda's PD multiplexing with arrival-order
+    # admission, as the baselines ship, so a table can separate what each part buys
+    admission = "deadline"
+
     def _slack_key(self, state: RequestState, now: float) -> tuple[bool, float, int]:
         """EDF, except that a prefill that cannot meet its deadline even if started now goes last."""
+        if self.admission == "fcfs":
+            return (False, float(state.order), state.order)
         deadline = self._deadline(state)
         return (deadline - now < self._solo_prefill_s(state), deadline, state.order)
 
@@ -28,11 +45,12 @@ class SlackAdmission:
         except for requests whose slack key is below `ahead_of` (the most urgent admitted prefill's): they
         would go first, so they are admitted even when the admitted prompts fill the next job (unless an
         admitted prefill is computing their next prefix blocks: admitted now, they would compute them again)."""
-        while self.waiting and self._deadline(self.waiting[0]) < now and self.waiting[0].num_generated == 0:
+        edf = self.admission != "fcfs"
+        while edf and self.waiting and self._deadline(self.waiting[0]) < now and self.waiting[0].num_generated == 0:
             self.late.append(self.waiting.popleft())
-        if self.slo.ttft_ms_per_token > 0 and len(self.waiting) > 1:
+        if edf and self.slo.ttft_ms_per_token > 0 and len(self.waiting) > 1:
             head = sorted(itertools.islice(self.waiting, self.NEED_SCAN),
-                          key=lambda s: (self._deadline(s) < now, self._deadline(s), s.order))
+                          key=lambda s: edf_key(self._deadline(s), now, s.order))
             for _ in range(len(head)):
                 self.waiting.popleft()
             self.waiting.extendleft(reversed(head))
@@ -121,3 +139,90 @@ class SlackAdmission:
         if found is None:
             found = self._chain_sets[state.id] = frozenset(state.chain)
         return found
+
+
+class DeadlineAdmission(SchedulerCore):
+    """A `SchedulerCore` whose admission is a layer (the baselines subclass it): with
+    `admission="fcfs"` (as the real systems ship) nothing changes; with "deadline" waiting requests are
+    admitted, and admitted prefills get their chunks, in Yoda's TTFT-deadline order (`edf_key`): requests
+    that already missed their TTFT wait in `late` and go only when nothing that can still make it waits,
+    and a waiting request more urgent than every admitted, idle prefill is admitted ahead of them even when
+    they fill the iteration's budget (`admit_urgent`). Unlike Yoda it has no latency estimator, so it does
+    not hold back a prompt that can no longer meet its TTFT before that deadline has passed."""
+
+    SCAN = 32  # waiting requests re-sorted by deadline at each admission (Yoda's NEED_SCAN)
+    admission = "fcfs"
+    late: deque[RequestState]
+
+    def _init_admission(self, admission: str) -> None:
+        if admission not in ADMISSIONS:
+            raise ValueError(f"admission must be one of {', '.join(ADMISSIONS)}, got {admission!r}")
+        self.admission = admission
+        self.late = deque()
+
+    def deadline_of(self, state: RequestState) -> float:
+        return state.request.arrival_at + self.slo.ttft_target_s(state.request.prompt_len)
+
+    def prefill_order(self, states: Iterable[RequestState], now: float) -> list[RequestState]:
+        """Admitted prefills in the order they get prefill chunks: as given (FCFS), or by deadline."""
+        if self.admission == "fcfs":
+            return list(states)
+        return sorted(states, key=lambda s: edf_key(self.deadline_of(s), now, s.order))
+
+    def _order_waiting(self, now: float) -> None:
+        """Move requests that missed their TTFT (before their first token) to `late`; sort the head."""
+        waiting = self.waiting
+        while waiting and self.deadline_of(waiting[0]) < now and waiting[0].num_generated == 0:
+            self.late.append(waiting.popleft())
+        if len(waiting) > 1:
+            head = sorted((waiting.popleft() for _ in range(min(self.SCAN, len(waiting)))),
+                          key=lambda s: edf_key(self.deadline_of(s), now, s.order))
+            waiting.extendleft(reversed(head))
+
+    def admit_waiting(self, now: float, token_budget: int, max_requests: int = 1 << 30) -> list[RequestState]:
+        if self.admission == "fcfs":
+            return super().admit_waiting(now, token_budget, max_requests)
+        self._order_waiting(now)
+        if self.waiting:
+            return super().admit_waiting(now, token_budget, max_requests)
+        self.waiting, self.late = self.late, self.waiting
+        try:
+            return super().admit_waiting(now, token_budget, max_requests)
+        finally:
+            self.waiting, self.late = self.late, self.waiting
+
+    def admit_urgent(self, now: float) -> list[RequestState]:
+        """Deadline admission only: admit waiting requests more urgent than every admitted, idle prefill
+        (they will get their chunks first), whatever budget those prefills take. Returns them."""
+        if self.admission == "fcfs":
+            return []
+        idle = [s for s in self.prefilling if not s.in_flight and s.remaining_prefill > 0]
+        if not idle:
+            return []
+        ahead_of = min(edf_key(self.deadline_of(s), now, s.order) for s in idle)
+        self._order_waiting(now)
+        admitted: list[RequestState] = []
+        while (self.waiting and edf_key(self.deadline_of(self.waiting[0]), now, self.waiting[0].order) < ahead_of
+               and self._batch_room() > 0):
+            got = super().admit_waiting(now, 1, 1)
+            if not got:
+                break
+            admitted += got
+        return admitted
+
+    # the late queue is one more place a live request can be
+    def prefill_pending(self) -> bool:
+        return super().prefill_pending() or bool(self.late)
+
+    def _next_to_admit(self) -> RequestState | None:
+        return self.waiting[0] if self.waiting else (self.late[0] if self.late else None)
+
+    def check_invariants(self) -> None:
+        if not self.late:
+            return super().check_invariants()
+        self.waiting.extend(self.late)  # checked as one queue, then split again
+        try:
+            super().check_invariants()
+        finally:
+            for _ in range(len(self.late)):
+                self.waiting.pop()
