@@ -94,7 +94,8 @@ def _variants(policy: str) -> tuple[dict, ...]:
     return ({"admission": "fcfs"}, {"admission": "deadline"})
 
 
-def make_cells(setups, workloads, seeds, min_requests, max_requests, span_s, top, with_ablations=True):
+def make_cells(setups, workloads, seeds, min_requests, max_requests, span_s, top, with_ablations=True,
+               latency: str = "measured", contention: str = "default"):
     from sim.run import SimConfig
     from sim.tuning import TuneCell, grid_for
     from yoda.gang_scheduler import ABLATIONS as ABL
@@ -114,7 +115,8 @@ def make_cells(setups, workloads, seeds, min_requests, max_requests, span_s, top
 
             def cell(policy, options=None, grid=None, variants=None):
                 cfg = SimConfig(policy=policy, model=s.model, tp=s.tp, num_instances=s.num_instances, slo=slo,
-                                policy_options=options or {}, record_timeline=False)
+                                policy_options=options or {}, record_timeline=False, latency=latency,
+                                contention_mode=contention)
                 return TuneCell(load, cfg, seeds, grid or grid_for(policy, s.num_instances), start_rps=start,
                                 max_probes=14, top=top, variants=variants or _variants(policy), coarse_workload=coarse)
             for policy in s.policies:
@@ -244,6 +246,8 @@ def main(quick: bool = typer.Option(False, help="development run: 2 workloads, 1
          workers: int = typer.Option(2, help="parallel processes"),
          workloads: str = typer.Option(",".join(WORKLOADS), help="comma-separated workload names"),
          setups: str = typer.Option("all", help="'all' or comma-separated setup indices (0..4)"),
+         latency: str = typer.Option("measured", help="latency source: measured (the default), roofline or pdmux"),
+         contention: str = typer.Option("default", help="contention model: default or pessimistic"),
          out: Path = Path("results")) -> None:
     from rich.progress import Progress
 
@@ -258,7 +262,8 @@ def main(quick: bool = typer.Option(False, help="development run: 2 workloads, 1
     seed_list = (0, 1) if quick else tuple(int(x) for x in seeds.split(","))
     if quick:
         min_requests, max_requests, span, top = 300, 600, 150.0, 1
-    cells, keys = make_cells(chosen, names, seed_list, min_requests, max_requests, span, top, not quick)
+    cells, keys = make_cells(chosen, names, seed_list, min_requests, max_requests, span, top, not quick, latency,
+                             contention)
     started = time.perf_counter()
     with Progress() as progress:
         task = progress.add_task("goodput searches", total=num_searches(cells))
@@ -280,10 +285,13 @@ def main(quick: bool = typer.Option(False, help="development run: 2 workloads, 1
               f"Seeds {list(seed_list)}; probes of {min_requests}..{max_requests} requests over a {span:g} s window "
               f"(fewest in a confirmed search: {least}, i.e. {int(least * 0.01)} requests beyond each P99{shorter}); "
               f"{len(cells)} cells, {num_searches(cells)} goodput searches, wall {wall:.0f} s on {workers} "
-              f"processes ({cpu:.0f} CPU-seconds of searches). Latency source: the analytic roofline with the "
-              "default contention model.\n")
+              f"processes ({cpu:.0f} CPU-seconds of searches). Latency source: {latency}; contention model: "
+              f"{contention}. Goodput criterion: strict (P99 TTFT, pooled P99 TBT and each request's own P99 "
+              "gap within target for 90% of requests; nothing refused; stable).\n")
     out.mkdir(parents=True, exist_ok=True)
     stem = "goodput_vs_baselines_quick" if quick else "goodput_vs_baselines"
+    if (latency, contention) != ("measured", "default"):
+        stem += f"_{latency}_{contention}"
     (out / f"{stem}.md").write_text(header + body + "\n")
     (out / f"{stem}.json").write_text(json.dumps({"command": command, "wall_s": wall, "search_cpu_s": cpu, "rows": rows,
                                                   "summary": summary}, indent=1, default=str))

@@ -140,7 +140,7 @@ class TuneCell:
     config: object  # SimConfig: the policy and its fixed options; grid points are laid over them
     seeds: tuple[int, ...]
     grid: list[dict] = field(default_factory=lambda: [{}])
-    criterion: str = "fleet"
+    criterion: str = "strict"  # the headline: pooled and per-request TBT both (yoda.goodput.CRITERIA)
     start_rps: float | None = None
     max_probes: int = 16
     top: int = 2  # grid points confirmed on every seed with the first variant; the others confirm the best one
