@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from executor.device_check import driver_version
 from executor.runner import Backend
 
 
@@ -22,7 +23,7 @@ def device_info(backend: Backend) -> dict:
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
         return {"type": "cuda", "name": props.name, "num_sms": props.multi_processor_count,
-                "memory_gib": props.total_memory / 2**30, "driver": _driver_version(), "cuda": torch.version.cuda,
+                "memory_gib": props.total_memory / 2**30, "driver": driver_version(), "cuda": torch.version.cuda,
                 "matmul_tflops": matmul_tflops, "copy_gbps": copy_gbps}
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {"type": "cpu", "name": _cpu_name(), "num_sms": backend.num_sms, "logical_sms": True,
@@ -77,11 +78,3 @@ def _cpu_name() -> str:
         pass
     return platform.processor() or platform.machine()
 
-
-def _driver_version() -> str | None:
-    try:
-        from cuda.bindings import driver
-        err, version = driver.cuDriverGetVersion()
-        return f"{version // 1000}.{version % 1000 // 10}"
-    except Exception:  # bindings missing or old: the version is informational
-        return None

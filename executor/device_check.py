@@ -50,7 +50,7 @@ def _time_ms(fn: Callable[[], object], stream, reps: int, warmup: int = 1) -> fl
     return begin.elapsed_time(end) / reps
 
 
-def _driver_version() -> str | None:
+def driver_version() -> str | None:
     try:
         from cuda.bindings import driver
         err, version = driver.cuDriverGetVersion()
@@ -138,7 +138,7 @@ class Check:
         return {"name": props.name, "num_sms": props.multi_processor_count, "torch": torch.__version__,
                 "cuda": torch.version.cuda, "hbm_copy_gbps": self.hbm_gbps, "bf16_matmul_tflops": self.peak_tflops,
                 "memory_gib": props.total_memory / 2**30, "capability": f"{props.major}.{props.minor}",
-                "driver": _driver_version()}
+                "driver": driver_version()}
 
     def partitions(self) -> dict:
         infos = [i._asdict() for i in self.parts.infos]

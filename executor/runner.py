@@ -33,10 +33,10 @@ from executor.memory_plan import fixed_rows, kv_blocks_within, num_params
 from executor.model import DecoderModel, build_model
 from executor.partitions import PartitionManager
 from executor.prompts import prompt_for
-from yoda.backend import DECODE, PREFILL, Launch
+from yoda.backend import DECODE, PREFILL, Launch, Timeline
 from yoda.metrics import compute_metrics
 from yoda.policies import POLICIES, make_scheduler
-from yoda.request import SLO, Request, RequestRecord
+from yoda.request import SLO, Request, RequestRecord, clamp_lengths  # noqa: F401  (clamp_lengths: re-exported)
 from yoda.scheduler import SchedulerConfig
 
 LOGICAL_SMS = 132  # the CPU lane poses as an H100-sized GPU so the policies' partition menus work
@@ -78,18 +78,6 @@ class RunConfig:
             raise ValueError("block_size, max_batch and cpu_threads must be >= 1")
 
 
-@dataclass
-class Timeline:
-    """What the GPU did, one entry per launch. NOTE: the fields of sim.gpu_instance.Timeline (sim.outputs
-    reads either); kept here so the executor imports no simpy."""
-
-    at: list[float]
-    lane: list[str]
-    num_sms: list[int]
-    decode_batch: list[int]
-    prefill_tokens: list[int]
-    queued: list[int]
-    duration_s: list[float]
 
 
 @dataclass
@@ -184,18 +172,6 @@ def keep_freed_memory() -> None:
         libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         pass
-
-
-def clamp_lengths(requests: Sequence[Request], max_prompt_len: int | None = None,
-                  max_output_len: int | None = None) -> list[Request]:
-    """Cut prompts and outputs (CPU runs of long traces); hash blocks past the prompt are dropped."""
-    out = []
-    for r in requests:
-        p = min(r.prompt_len, max_prompt_len or r.prompt_len)
-        o = min(r.output_len, max_output_len or r.output_len)
-        hashes = r.block_hashes[:-(-p // r.hash_block_size)]
-        out.append(dataclasses.replace(r, prompt_len=p, output_len=o, block_hashes=hashes))
-    return out
 
 
 def kv_blocks_for(backend: Backend, requests: Sequence[Request], block_size: int, max_batch: int = 256) -> int:

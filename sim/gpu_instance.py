@@ -25,7 +25,7 @@ from sim.contention import ContentionModel
 from sim.latency import LAYER_GROUP_LAUNCH_S, LatencySource, launch_solo_s
 from sim.hardware import GpuSpec
 from sim.model_spec import ModelSpec
-from yoda.backend import Launch
+from yoda.backend import Launch, Timeline
 from yoda.request import Request
 
 
@@ -62,17 +62,6 @@ class _Running:
         return self.total_s - (self.remaining_s - (now - self.updated_at) * self.rate)
 
 
-@dataclass(slots=True)
-class Timeline:
-    """What the GPU did, sampled at every launch: for plots and SM-split reports."""
-
-    at: list[float]
-    lane: list[str]
-    num_sms: list[int]
-    decode_batch: list[int]
-    prefill_tokens: list[int]
-    queued: list[int]
-    duration_s: list[float]
 
 
 class GpuInstance:

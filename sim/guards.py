@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Sequence
 import typer
 
 from sim.cli_errors import CliError
-from yoda.request import Request
+from yoda.request import Request, clamp_lengths, with_lengths  # noqa: F401  (clamp_lengths: used by the CLIs from here)
 
 # max_position_embeddings of the built-in models' public checkpoints (Llama 3.1, Qwen2.5 without YaRN)
 CONTEXT_LEN = {"llama3-8b": 131072, "llama3-70b": 131072, "qwen2.5-7b": 32768, "qwen2.5-32b": 32768, "tiny": 4096}
@@ -83,22 +82,9 @@ def fit_context(requests: Sequence[Request], context_len: int | None, model: str
 
 def _cut(r: Request, context_len: int) -> Request:
     output_len = min(r.output_len, context_len // 2)
-    return _with_lengths(r, min(r.prompt_len, context_len - output_len), output_len)
+    return with_lengths(r, min(r.prompt_len, context_len - output_len), output_len)
 
 
-def _with_lengths(r: Request, prompt_len: int, output_len: int) -> Request:
-    """`r` cut to these lengths; hash blocks past the prompt are dropped (shared prefixes stay shared)."""
-    hashes = r.block_hashes[:-(-prompt_len // r.hash_block_size)] if r.block_hashes else r.block_hashes
-    return dataclasses.replace(r, prompt_len=prompt_len, output_len=output_len, block_hashes=hashes)
-
-
-def clamp_lengths(requests: Sequence[Request], max_prompt_len: int | None = None,
-                  max_output_len: int | None = None) -> list[Request]:
-    """--max-prompt-len / --max-output-len: prompts and outputs cut to at most these lengths."""
-    if max_prompt_len is None and max_output_len is None:
-        return list(requests)
-    return [_with_lengths(r, min(r.prompt_len, max_prompt_len or r.prompt_len),
-                          min(r.output_len, max_output_len or r.output_len)) for r in requests]
 
 
 def resolve_traces(traces: Sequence[str]) -> list[str]:

@@ -132,3 +132,16 @@ class Executor(Protocol):
 
     def start(self, launch: Launch, now: float) -> None:
         """Begin running `launch`; completion is reported later by the backend's event loop."""
+
+
+@dataclass(slots=True)
+class Timeline:
+    """What a GPU did, one entry per launch (simulated or real): for plots and SM-split reports."""
+
+    at: list[float]
+    lane: list[str]
+    num_sms: list[int]
+    decode_batch: list[int]
+    prefill_tokens: list[int]
+    queued: list[int]
+    duration_s: list[float]

@@ -1,7 +1,9 @@
 """Request, SLO and per-request record types shared by every backend."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +132,18 @@ class RequestRecord:
     def tbt_gaps_s(self) -> list[float]:
         t = self.token_at
         return [b - a for a, b in zip(t, t[1:])]
+
+
+def with_lengths(r: Request, prompt_len: int, output_len: int) -> Request:
+    """`r` cut to these lengths; hash blocks past the prompt are dropped (shared prefixes stay shared)."""
+    hashes = r.block_hashes[:-(-prompt_len // r.hash_block_size)] if r.block_hashes else r.block_hashes
+    return dataclasses.replace(r, prompt_len=prompt_len, output_len=output_len, block_hashes=hashes)
+
+
+def clamp_lengths(requests: Sequence[Request], max_prompt_len: int | None = None,
+                  max_output_len: int | None = None) -> list[Request]:
+    """Prompts and outputs cut to at most these lengths (None: uncut), e.g. CPU runs of long traces."""
+    if max_prompt_len is None and max_output_len is None:
+        return list(requests)
+    return [with_lengths(r, min(r.prompt_len, max_prompt_len or r.prompt_len),
+                         min(r.output_len, max_output_len or r.output_len)) for r in requests]
