@@ -21,7 +21,7 @@ from yoda.gang_scheduler import ABLATIONS
 from yoda.request import SLO
 
 TBT_MS = (10, 12, 14, 16, 20, 25)
-RATES = (6, 10, 14)
+RATES = (2, 4, 6)  # offered req/s: a session trace's rate now scales its whole load
 SEEDS = (0, 1)
 
 
