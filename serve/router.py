@@ -164,6 +164,16 @@ class Router:
         views = [_view(self.instances[i]) for i in candidates]
         return self.instances[candidates[self.dispatcher.pick(request, views, 0.0)]]
 
+    def whole_request(self, path: str, body: dict, request: Request) -> httpx.Request:
+        """`body` as is for one instance, without failover: a request with n > 1 has several choices in
+        flight, which a continuation cannot resume. Raises NoInstance when no instance is healthy."""
+        inst = self.pick(request, set())
+        if inst is None:
+            raise NoInstance(503, "no healthy instance")
+        inst.remember(chain_keys(request.block_keys(BLOCK_SIZE)))
+        inst.num_dispatched += 1
+        return self.client.build_request("POST", inst.url + path, json=body)
+
     async def events(self, path: str, body: dict, request: Request) -> AsyncIterator[dict]:
         """Stream events of one request from the instances, failing over until it completes.
         Raises NoInstance when it could not start anywhere (503/429, or an instance's 4xx to pass on)."""

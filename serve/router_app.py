@@ -13,9 +13,9 @@ from typing import Any, AsyncIterator
 
 import httpx
 from fastapi import FastAPI, Request as HttpRequest
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from serve.errors import ApiError, error_response, install_error_handlers
+from serve.errors import error_response, install_error_handlers
 from serve.protocol import (DEFAULT_MAX_BODY_BYTES, ChatRequest, CompletionRequest, parse, read_json,
                             until_disconnected)
 from serve.router import NoInstance, Router
@@ -74,6 +74,21 @@ async def _collect(events: AsyncIterator[dict], first: dict, http: HttpRequest) 
     return work.result() if not work.cancelled() else None
 
 
+async def _read_or_leave(resp: httpx.Response, http: HttpRequest) -> bytes | None:
+    """The upstream body; None (and the upstream closed) when the client leaves first."""
+    work = asyncio.ensure_future(resp.aread())
+    watch = asyncio.ensure_future(until_disconnected(http))
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+        await resp.aclose()
+    return work.result() if not work.cancelled() else None
+
+
 def create_router_app(router: Router, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                       body_timeout_s: float = 30.0) -> FastAPI:
     async def lifespan(app: FastAPI):
@@ -89,7 +104,7 @@ def create_router_app(router: Router, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
         chat = path.endswith("chat/completions")
         request = parse(ChatRequest if chat else CompletionRequest, body)  # the instance checks the rest
         if request.n != 1:
-            raise ApiError(400, "n > 1 is not supported through the router; send it to an instance", "n")
+            return await relay_whole(http, path, body)
         want_ids = bool(body.get("return_token_ids"))
         options = body.get("stream_options")
         want_usage = isinstance(options, dict) and bool(options.get("include_usage"))
@@ -111,6 +126,42 @@ def create_router_app(router: Router, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
         if errors:
             return error_response(502, str(errors[0]["error"].get("message")))
         return _aggregate(collected, chat, want_ids)
+
+    async def relay_whole(http: HttpRequest, path: str, body: dict):
+        """n > 1: one instance answers the request as is (its choices share the prompt's KV there); its
+        answer is relayed, streamed or whole. The upstream request is closed when the client leaves."""
+        try:
+            upstream = router.whole_request(path, body, router.routing_request(body))
+        except NoInstance as e:
+            return error_response(e.status, e.message, headers=e.headers)
+        sending = asyncio.ensure_future(router.client.send(upstream, stream=True))
+        watch = asyncio.ensure_future(until_disconnected(http))
+        await asyncio.wait({sending, watch}, return_when=asyncio.FIRST_COMPLETED)
+        watch.cancel()
+        if not sending.done():  # the client left before the instance answered
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+            return error_response(499, "client disconnected")
+        try:
+            resp = sending.result()
+        except httpx.HTTPError as e:
+            return error_response(502, f"instance failed: {type(e).__name__}")
+        headers = {k: v for k, v in resp.headers.items() if k.lower() in ("retry-after", "x-ignored-fields")}
+        if resp.status_code != 200 or not body.get("stream"):
+            content = await _read_or_leave(resp, http)
+            if content is None:
+                return error_response(499, "client disconnected")
+            return Response(content, status_code=resp.status_code, headers=headers,
+                            media_type=resp.headers.get("content-type", "application/json"))
+
+        async def lines():
+            try:
+                async for line in resp.aiter_lines():
+                    if line:
+                        yield line + "\n\n"
+            finally:
+                await resp.aclose()
+        return StreamingResponse(lines(), media_type="text/event-stream", headers=headers)
 
     async def _sse(first: dict, events: AsyncIterator[dict], want_ids: bool, want_usage: bool):
         try:

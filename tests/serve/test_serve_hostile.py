@@ -169,3 +169,23 @@ def test_router_passes_sampling_parameters_and_logprobs(endpoints, chat):
     direct, routed = (httpx.post(urls[t] + path, json=body).json() for t in ("server", "router"))
     assert routed["choices"][0]["logprobs"] == direct["choices"][0]["logprobs"]  # same seed: same tokens
     assert routed["usage"]["completion_tokens"] == 6
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_router_relays_n_choices_from_one_instance(endpoints, stream):
+    urls, _ = endpoints
+    body = {**GOOD, "n": 3, "max_tokens": 5, "ignore_eos": True, "seed": 7, "temperature": 1.0, "stream": stream}
+    if not stream:
+        direct, routed = (httpx.post(urls[t] + "/v1/completions", json=body).json() for t in ("server", "router"))
+        assert sorted(c["index"] for c in routed["choices"]) == [0, 1, 2]
+        assert [c["text"] for c in routed["choices"]] == [c["text"] for c in direct["choices"]]  # same seed
+        assert routed["usage"]["completion_tokens"] == 15
+        return
+    seen: dict[int, int] = {}
+    with httpx.stream("POST", urls["router"] + "/v1/completions", json=body) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("data:") and line != "data: [DONE]":
+                for c in json.loads(line[5:])["choices"]:
+                    seen[c["index"]] = seen.get(c["index"], 0) + 1
+    assert sorted(seen) == [0, 1, 2]
