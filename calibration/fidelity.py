@@ -170,10 +170,13 @@ def fidelity() -> dict:
 
 def transfer_context() -> dict:
     """What bounds the transfer check: (a) each operator of the Llama-2-7b table scaled by its FLOP ratio (the
-    baseline to beat) and (b) the reproducibility floor: GEMMs of identical shape in both A100 tables (the
-    3-8B QKV at TP t is the 2-7B QKV at TP 2t; O projections match at every TP) compared point by point."""
+    baseline to beat; also per TP, beside the measured source per TP) and (b) the reproducibility floor: GEMMs
+    of identical shape in both A100 tables (the 3-8B QKV at TP t is the 2-7B QKV at TP 2t; O projections match
+    at every TP) compared point by point."""
     source, target = OperatorTable("a100_llama-2-7b"), OperatorTable("a100_llama-3-8b")
     flop_pred, flop_truth, same_pred, same_truth = [], [], [], []
+    per_tp: dict[str, dict] = {}
+    library = GemmLibrary([source])
     for tp in sorted(target.by_tp):
         tokens, truth = linear_ms(target, tp)
         src_shapes, tgt_shapes = source.shape.gemms(tp), target.shape.gemms(tp)
@@ -182,6 +185,8 @@ def transfer_context() -> dict:
                    for op in GEMM_OPS)
         flop_pred.extend(pred)
         flop_truth.extend(truth)
+        per_tp[f"flop_ratio_baseline_tp{tp}"] = summary(pred, truth)
+        per_tp[f"measured_tp{tp}"] = summary(measured_linear_ms(library, table_model(target, tp), tokens), truth)
         mask = target.tokens(tp) <= MAX_TOKENS
         for op, kn in tgt_shapes.items():
             for stp in sorted(source.by_tp):
@@ -190,4 +195,4 @@ def transfer_context() -> dict:
                         same_pred.extend(np.interp(tokens, source.tokens(stp), source.op_ms(sop, stp)))
                         same_truth.extend(target.op_ms(op, tp)[mask])
     return {"flop_ratio_baseline": summary(flop_pred, flop_truth),
-            "identical_shape_floor": summary(same_pred, same_truth)}
+            "identical_shape_floor": summary(same_pred, same_truth), **per_tp}
