@@ -41,6 +41,11 @@ def silu_mul_params(on_cpu: bool) -> dict:
     return {"BLOCK_ROWS": 16 if on_cpu else 1, "BLOCK": 64 if on_cpu else 1024}
 
 
+# INTERPRETED (on the CPU, where triton runs only under TRITON_INTERPRET=1): the attention kernels walk the KV
+# tiles with a `while` loop instead of `range(start, end, BLOCK_N)`. Triton 3.6's interpreter turns a range
+# bound that is a tensor into an int with int() on its 1-element array, which numpy >= 2.4 refuses ("only
+# 0-dimensional arrays can be converted to Python scalars"; 3.7+ squeezes it first). Compiled, the `for`
+# loop stays: the software pipeliner works only on it.
 def decode_split_params(group: int, head_dim: int, block_size: int, num_splits: int, dtype: torch.dtype,
                         on_cpu: bool) -> dict:
     # NOTE: the interpreter computes bf16 arithmetic on raw bits, so on the CPU every dot runs in fp32;
@@ -49,7 +54,8 @@ def decode_split_params(group: int, head_dim: int, block_size: int, num_splits: 
     return {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_H": max(16, triton.next_power_of_2(group)),
             "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_N": 16 if on_cpu else DECODE_BLOCK_N,
             "BLOCK_SIZE": block_size, "NUM_SPLITS": num_splits, "DOT_DTYPE": _TL_DTYPES[dot],
-            "PRECISION": "ieee" if dot == torch.float32 else "tf32", "num_warps": 4 if on_cpu else DECODE_WARPS}
+            "PRECISION": "ieee" if dot == torch.float32 else "tf32", "INTERPRETED": on_cpu,
+            "num_warps": 4 if on_cpu else DECODE_WARPS}
 
 
 def decode_reduce_params(head_dim: int, num_splits: int) -> dict:
@@ -62,7 +68,8 @@ def prefill_params(group: int, head_dim: int, block_size: int, dtype: torch.dtyp
     return {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_M": 16 if on_cpu else PREFILL_BLOCK_M,
             "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_N": 16 if on_cpu else PREFILL_BLOCK_N,
             "BLOCK_SIZE": block_size, "DOT_DTYPE": _TL_DTYPES[dot],
-            "PRECISION": "ieee" if dot == torch.float32 else "tf32", "num_warps": 4 if on_cpu else PREFILL_WARPS}
+            "PRECISION": "ieee" if dot == torch.float32 else "tf32", "INTERPRETED": on_cpu,
+            "num_warps": 4 if on_cpu else PREFILL_WARPS}
 
 
 @triton.jit
@@ -165,11 +172,36 @@ def _load_paged(cache_ptr, table_row_ptr, offs_n, n_mask, kv_head, d, d_mask, st
 
 
 @triton.jit
+def _attend_tile(q, m_i, l_i, acc, n0, end, q_pos, k_ptr, v_ptr, table_row, kv_head, d, d_mask, scale, stride_blk,
+                 stride_tok, stride_head, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                 DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, CAUSAL: tl.constexpr):
+    """One online-softmax step over keys [n0, n0 + BLOCK_N) (those < end; causal: those <= q_pos per row)."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < end
+    k = _load_paged(k_ptr, table_row, offs_n, n_mask, kv_head, d, d_mask, stride_blk, stride_tok, stride_head,
+                    BLOCK_SIZE).to(DOT_DTYPE)
+    v = _load_paged(v_ptr, table_row, offs_n, n_mask, kv_head, d, d_mask, stride_blk, stride_tok, stride_head,
+                    BLOCK_SIZE).to(DOT_DTYPE)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [rows, BLOCK_N]
+    if CAUSAL:
+        s = tl.where(n_mask[None, :] & (offs_n[None, :] <= q_pos[:, None]), s, float("-inf"))
+    else:
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    p = tl.exp(s - m_new[:, None])
+    alpha = tl.exp(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out_ptr, part_lse_ptr, scale,
                          q_stride_b, q_stride_h, table_stride, stride_blk, stride_tok, stride_head,
                          GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                         NUM_SPLITS: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+                         NUM_SPLITS: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                         INTERPRETED: tl.constexpr):
     b, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + b)
     split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
@@ -186,21 +218,18 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     table_row = tables_ptr + b * table_stride
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < end
-        k = _load_paged(k_ptr, table_row, offs_n, n_mask, kv_head, d, d_mask, stride_blk, stride_tok, stride_head,
-                        BLOCK_SIZE).to(DOT_DTYPE)
-        v = _load_paged(v_ptr, table_row, offs_n, n_mask, kv_head, d, d_mask, stride_blk, stride_tok, stride_head,
-                        BLOCK_SIZE).to(DOT_DTYPE)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_H, BLOCK_N]
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision=PRECISION)
-        m_i = m_new
+    if INTERPRETED:  # see decode_split_params
+        n0 = start
+        while n0 < end:
+            m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, n0, end, hh, k_ptr, v_ptr, table_row, kv_head, d, d_mask,
+                                         scale, stride_blk, stride_tok, stride_head, BLOCK_N, BLOCK_SIZE, DOT_DTYPE,
+                                         PRECISION, False)
+            n0 += BLOCK_N
+    else:
+        for n0 in range(start, end, BLOCK_N):
+            m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, n0, end, hh, k_ptr, v_ptr, table_row, kv_head, d, d_mask,
+                                         scale, stride_blk, stride_tok, stride_head, BLOCK_N, BLOCK_SIZE, DOT_DTYPE,
+                                         PRECISION, False)
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
@@ -257,7 +286,7 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, seq_lens_ptr, quer
                     q_stride_t, q_stride_h, out_stride_t, out_stride_h, table_stride, stride_blk, stride_tok,
                     stride_head, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+                    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
     seq, m_block, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     kv_head = head // GROUP
     q_start = tl.load(query_start_ptr + seq)
@@ -279,21 +308,19 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, seq_lens_ptr, quer
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     table_row = tables_ptr + seq * table_stride
-    for n0 in range(0, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < end
-        k = _load_paged(k_ptr, table_row, offs_n, n_mask, kv_head, d, d_mask, stride_blk, stride_tok, stride_head,
-                        BLOCK_SIZE).to(DOT_DTYPE)
-        v = _load_paged(v_ptr, table_row, offs_n, n_mask, kv_head, d, d_mask, stride_blk, stride_tok, stride_head,
-                        BLOCK_SIZE).to(DOT_DTYPE)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_M, BLOCK_N]
-        s = tl.where(n_mask[None, :] & (offs_n[None, :] <= q_pos[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))  # key 0 is visible to every row: m_new is finite
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision=PRECISION)
-        m_i = m_new
+    # key 0 is visible to every row of a non-empty tile: m_i is finite after the first tile
+    if INTERPRETED:  # see decode_split_params
+        n0 = 0
+        while n0 < end:
+            m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, n0, end, q_pos, k_ptr, v_ptr, table_row, kv_head, d,
+                                         d_mask, scale, stride_blk, stride_tok, stride_head, BLOCK_N, BLOCK_SIZE,
+                                         DOT_DTYPE, PRECISION, True)
+            n0 += BLOCK_N
+    else:
+        for n0 in range(0, end, BLOCK_N):
+            m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, n0, end, q_pos, k_ptr, v_ptr, table_row, kv_head, d,
+                                         d_mask, scale, stride_blk, stride_tok, stride_head, BLOCK_N, BLOCK_SIZE,
+                                         DOT_DTYPE, PRECISION, True)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(out_ptr + rows[:, None] * out_stride_t + head * out_stride_h + d[None, :],
              out.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
