@@ -55,38 +55,38 @@ def _aggregate(events: list[dict], chat: bool, want_ids: bool) -> dict:
             "usage": usage}
 
 
+async def _unless_client_leaves(coro, http: HttpRequest):
+    """(True, the result of `coro`), or (False, None) when the client left first (`coro` is cancelled)."""
+    work = asyncio.ensure_future(coro)
+    watch = asyncio.ensure_future(until_disconnected(http))
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+    return (False, None) if work.cancelled() else (True, work.result())
+
+
 async def _collect(events: AsyncIterator[dict], first: dict, http: HttpRequest) -> list[dict] | None:
     """Every event of a non-streaming request; None when the client left first (the upstream request is
     then cancelled: closing the generator closes the instance's stream, and the instance aborts it)."""
     async def gather() -> list[dict]:
         return [first] + [event async for event in events]
 
-    work = asyncio.ensure_future(gather())
-    watch = asyncio.ensure_future(until_disconnected(http))
-    try:
-        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not work.done():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
-            await events.aclose()
-    return work.result() if not work.cancelled() else None
+    done, result = await _unless_client_leaves(gather(), http)
+    if not done:
+        await events.aclose()
+    return result
 
 
 async def _read_or_leave(resp: httpx.Response, http: HttpRequest) -> bytes | None:
     """The upstream body; None (and the upstream closed) when the client leaves first."""
-    work = asyncio.ensure_future(resp.aread())
-    watch = asyncio.ensure_future(until_disconnected(http))
     try:
-        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        return (await _unless_client_leaves(resp.aread(), http))[1]
     finally:
-        watch.cancel()
-        if not work.done():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
         await resp.aclose()
-    return work.result() if not work.cancelled() else None
 
 
 def create_router_app(router: Router, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
