@@ -83,7 +83,7 @@ class BenchWorkload:
             n = int(min(max(rate * self.span_s, self.min_requests), self.max_requests))
             if n not in cache:
                 cache[n] = WORKLOADS[self.name](n, seed)
-            return simulate(rescale_to_rate(cache[n], rate), cfg).records
+            return simulate(rescale_to_rate(cache[n], rate), cfg, with_metrics=False).records
         return run, 1.0
 
 

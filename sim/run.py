@@ -74,11 +74,12 @@ def auto_block_size(requests: Sequence[Request]) -> int:
 
 
 def simulate(requests: Sequence[Request], cfg: SimConfig, workers: int = 1,
-             progress: Progress | None = None) -> SimResult:
+             progress: Progress | None = None, with_metrics: bool = True) -> SimResult:
     """Replay `requests` through the simulated cluster. With `workers` > 1, a cluster whose instances never
     interact (round-robin dispatch, no disaggregation) runs one instance per process, up to `workers` at a
     time; the records are the same as in one process. `progress` (simulated s, requests finished) is
-    called now and then (in one process only)."""
+    called now and then (in one process only). `with_metrics=False` leaves the metrics out (only the
+    counters and the run's identity), for callers that judge the records themselves (goodput probes)."""
     started = time.perf_counter()
     block_size = cfg.block_size or auto_block_size(requests)
     ordered = sorted(requests, key=lambda r: (r.arrival_at, r.request_id))
@@ -86,7 +87,7 @@ def simulate(requests: Sequence[Request], cfg: SimConfig, workers: int = 1,
         part = run_sharded(ordered, cfg, block_size, workers)
     else:
         part = run_part(ordered, cfg, block_size, progress=progress)
-    metrics = compute_metrics(part.records, cfg.slo)
+    metrics = compute_metrics(part.records, cfg.slo) if with_metrics else {}
     metrics.update(policy=cfg.policy, gpu=cfg.gpu, model=cfg.model, tp=cfg.tp, num_instances=cfg.num_instances)
     metrics["scheduler_counters"] = part.counters
     return SimResult(cfg, part.records, metrics, part.timelines, time.perf_counter() - started, part.sim_end_s)

@@ -123,7 +123,7 @@ def search(requests, desc: dict, cfg, replay: str = "original", cv: float = 1.0,
 
     def run(rate: float):
         retimed, _ = retime(requests, desc, rate=rate, replay=replay, cv=cv, seed=seed)
-        return simulate(retimed, cfg).records
+        return simulate(retimed, cfg, with_metrics=False).records
 
     return search_goodput(run, cfg.slo, start, criterion=criterion, max_probes=max_probes, on_probe=on_probe)
 

@@ -126,7 +126,7 @@ class TraceWorkload:
             raise WorkloadError("the trace has no rate of its own (all arrivals at once): give --start-rps")
 
         def run(rate: float):
-            return simulate(retime(requests, desc, rate=rate, replay=self.replay, cv=self.cv, seed=seed)[0], cfg).records
+            return simulate(retime(requests, desc, rate=rate, replay=self.replay, cv=self.cv, seed=seed)[0], cfg, with_metrics=False).records
         return run, start
 
 

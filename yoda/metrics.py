@@ -4,7 +4,7 @@ Results use `vllm bench serve` field names where one exists (ITL there is our TB
 """
 from __future__ import annotations
 
-import itertools
+from array import array
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -23,51 +23,72 @@ def _summary(name: str, values_s: Sequence[float] | np.ndarray) -> dict[str, flo
     out[f"mean_{name}_ms"] = float(arr.mean())
     out[f"median_{name}_ms"] = float(np.median(arr))
     out[f"std_{name}_ms"] = float(arr.std())
-    for p in PERCENTILES:
-        out[f"p{p}_{name}_ms"] = float(np.percentile(arr, p))
+    for p, v in zip(PERCENTILES, np.percentile(arr, PERCENTILES)):  # one partition for all
+        out[f"p{p}_{name}_ms"] = float(v)
     return out
 
 
-def all_tbt_gaps_s(records: Iterable[RequestRecord]) -> np.ndarray:
+class TokenGaps:
+    """The gaps between consecutive tokens of each record, flattened once (a run's metrics read them three
+    ways: pooled, per request, and per finished request). `gaps` holds record after record; `counts[i]` is
+    record i's number of gaps (tokens - 1, at least 0)."""
+
+    def __init__(self, records: Sequence[RequestRecord]) -> None:
+        times = array("d")
+        for r in records:  # one C-level copy per record (array.extend), not a Python loop per token
+            times.extend(r.token_at)
+        flat = np.frombuffer(times, dtype=float) if len(times) else np.zeros(0)
+        tokens = np.fromiter(map(len, (r.token_at for r in records)), dtype=np.int64, count=len(records))
+        self.counts = np.maximum(tokens - 1, 0)
+        keep = np.ones(max(flat.size - 1, 0), dtype=bool)
+        ends = np.cumsum(tokens)[:-1] - 1  # last token of a record -> first of the next
+        keep[ends[(ends >= 0) & (ends < keep.size)]] = False
+        self.gaps = np.diff(flat)[keep] if flat.size > 1 else np.zeros(0)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64) if len(records) else \
+            np.zeros(0, dtype=np.int64)
+
+    def of(self, mask: np.ndarray) -> np.ndarray:
+        """The gaps of the records where `mask` is true, in order."""
+        return self.gaps[np.repeat(mask, self.counts)]
+
+    def percentile_each(self, percentile: float) -> np.ndarray:
+        """Each record's own `percentile` gap (numpy's linear interpolation); NaN where it has no gap."""
+        out = np.full(self.counts.size, np.nan)
+        frac = percentile / 100.0
+        for i in np.flatnonzero(self.counts):  # a partition per record: O(gaps), no global sort
+            n, s = int(self.counts[i]), int(self.starts[i])
+            pos = (n - 1) * frac
+            lo = int(np.floor(pos))
+            hi = min(lo + 1, n - 1)
+            part = np.partition(self.gaps[s:s + n], (lo, hi)) if n > 1 else self.gaps[s:s + 1]
+            low, high = part[lo], part[hi]
+            out[i] = low + (high - low) * (pos - lo)
+        return out
+
+
+def all_tbt_gaps_s(records: Sequence[RequestRecord]) -> np.ndarray:
     """Every gap between consecutive tokens of each request, request after request."""
-    # one flat array and one diff, dropping the gaps across requests: an array per request costs more
-    # than the arithmetic on a few million tokens
-    times = [r.token_at for r in records if len(r.token_at) > 1]
-    if not times:
-        return np.zeros(0)
-    lengths = np.fromiter(map(len, times), dtype=np.int64, count=len(times))
-    flat = np.fromiter(itertools.chain.from_iterable(times), dtype=float, count=int(lengths.sum()))
-    keep = np.ones(flat.size - 1, dtype=bool)
-    keep[np.cumsum(lengths)[:-1] - 1] = False  # last token of a request -> first of the next
-    return np.diff(flat)[keep]
+    return TokenGaps(records).gaps
 
 
 def per_request_tbt_s(records: Sequence[RequestRecord], percentile: float) -> np.ndarray:
     """Each request's own `percentile` gap between tokens (numpy's linear interpolation), for the requests
     with at least two tokens, in order: the per-request TBT DistServe-style attainment judges."""
-    multi = [r for r in records if len(r.token_at) > 1]
-    if not multi:
-        return np.zeros(0)
-    gaps = all_tbt_gaps_s(multi)
-    counts = np.fromiter((len(r.token_at) - 1 for r in multi), dtype=np.int64, count=len(multi))
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    segment = np.repeat(np.arange(len(multi)), counts)
-    ordered = gaps[np.lexsort((gaps, segment))]  # each request's gaps, sorted, request after request
-    pos = (counts - 1) * (percentile / 100.0)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, counts - 1)
-    low, high = ordered[starts + lo], ordered[starts + hi]
-    return low + (high - low) * (pos - lo)
+    own = TokenGaps(records).percentile_each(percentile)
+    return own[~np.isnan(own)]
+
+
+def _tbt_met(records: Sequence[RequestRecord], own: np.ndarray, slo: SLO) -> np.ndarray:
+    met = np.fromiter((r.finished for r in records), dtype=bool, count=len(records))
+    multi = ~np.isnan(own)
+    met[multi] &= own[multi] <= slo.tbt_s
+    return met
 
 
 def request_tbt_met(records: Sequence[RequestRecord], slo: SLO) -> np.ndarray:
     """Per record: finished, and its own P-th percentile gap within the TBT target (a one-token request has
     no gap and meets it)."""
-    met = np.array([r.finished for r in records], dtype=bool)
-    multi = np.array([len(r.token_at) > 1 for r in records], dtype=bool)
-    own = per_request_tbt_s([r for r in records if len(r.token_at) > 1], slo.percentile)
-    met[multi] &= own <= slo.tbt_s
-    return met
+    return _tbt_met(records, TokenGaps(records).percentile_each(slo.percentile), slo)
 
 
 def request_meets_slo(record: RequestRecord, slo: SLO) -> bool:
@@ -126,7 +147,10 @@ def compute_metrics(records: Sequence[RequestRecord], slo: SLO) -> dict[str, flo
     ttft = [r.ttft_s for r in done]
     tpot = [r.tpot_s for r in done if r.tpot_s is not None]
     e2e = [r.e2e_s for r in done]
-    gaps = all_tbt_gaps_s(done)
+    token_gaps = TokenGaps(records)
+    is_done = np.fromiter((r.finished for r in records), dtype=bool, count=len(records))
+    gaps = token_gaps.of(is_done)
+    own_tbt = token_gaps.percentile_each(slo.percentile)  # each record's own P-th percentile gap
     start = min((r.arrival_at for r in records), default=0.0)
     end = max((r.finished_at for r in done), default=start)
     duration = max(end - start, 1e-9)
@@ -141,7 +165,7 @@ def compute_metrics(records: Sequence[RequestRecord], slo: SLO) -> dict[str, flo
     p_tbt = gap_summary.get(f"p{pct}_itl_ms") if gaps.size else 0.0
     if p_tbt is None:  # a percentile the summary does not report
         p_tbt = float(np.percentile(gaps * 1000, pct))
-    tbt_met = request_tbt_met(records, slo)
+    tbt_met = _tbt_met(records, own_tbt, slo)
     ttft_met = np.array([r.finished and r.ttft_s is not None and r.ttft_s <= slo.ttft_target_s(r.prompt_len)
                          for r in records], dtype=bool)
     res: dict[str, float | int | bool] = {
@@ -170,7 +194,7 @@ def compute_metrics(records: Sequence[RequestRecord], slo: SLO) -> dict[str, flo
         # per-request TBT (DistServe-style): each request's own P-th percentile gap within the target
         "tbt_attainment": float(tbt_met.mean()) if records else 0.0,
         "slo_attainment_per_request_tbt": float(np.mean(ttft_met & tbt_met)) if records else 0.0,
-        **_summary("request_tbt", per_request_tbt_s(done, pct)),
+        **_summary("request_tbt", own_tbt[is_done & ~np.isnan(own_tbt)]),
         "fleet_slo_met": bool(done) and not rejected and p_ttft_ratio <= 1.0 and p_tbt <= slo.tbt_ms,
         "e2e_trend": e2e_trend(records),
         "num_preemptions": sum(r.num_preemptions for r in records),

@@ -73,3 +73,24 @@ def test_goodput_reports_the_offered_rate_of_its_steady_window():
     assert 3.5 < found.goodput_rps <= 4.0
     assert found.goodput_offered_rps == pytest.approx(found.goodput_rps)
     assert all("offered_rate_steady" in p for p in found.probes)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.floats(0.0, 300.0), max_size=12), st.booleans()), min_size=1, max_size=10))
+def test_metrics_read_each_records_own_gaps_among_empty_and_unfinished_ones(specs):
+    # records with no token, one token (no gap) or several, finished or not, side by side: the flattened
+    # gaps must never run across two records
+    records = []
+    for i, (gaps, finished) in enumerate(specs):
+        times = [] if not gaps else list(0.1 + np.concatenate([[0.0], np.cumsum(gaps[1:]) / 1000.0]))
+        records.append(RequestRecord(i, 0.0, 100, max(len(times), 1), token_at=times,
+                                     finished_at=times[-1] if finished and times else None))
+    m = compute_metrics(records, SLO_50)
+    done = [r for r in records if r.finished]
+    pooled = [g for r in done for g in np.diff(r.token_at)]
+    if pooled:
+        assert m["p99_tbt_ms"] == pytest.approx(np.percentile(np.array(pooled) * 1000, 99), rel=1e-9, abs=1e-9)
+    own = [np.percentile(np.diff(r.token_at), 99) for r in records if len(r.token_at) > 1]
+    assert list(per_request_tbt_s(records, 99)) == pytest.approx(own, rel=1e-9, abs=1e-12)
+    met = [r.finished and (len(r.token_at) < 2 or np.percentile(np.diff(r.token_at), 99) <= 0.05) for r in records]
+    assert m["tbt_attainment"] == pytest.approx(sum(met) / len(records))
