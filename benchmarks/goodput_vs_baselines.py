@@ -24,6 +24,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +74,8 @@ class BenchWorkload:
     min_requests: int
     max_requests: int
 
-    def runner(self, cfg, seed: int):
-        from sim.run import simulate
+    def runner(self, cfg, seed: int, criterion: str = "strict"):
+        from sim.run import simulate_probe
         from traces import rescale_to_rate
 
         cache: dict[int, list] = {}
@@ -83,7 +84,7 @@ class BenchWorkload:
             n = int(min(max(rate * self.span_s, self.min_requests), self.max_requests))
             if n not in cache:
                 cache[n] = WORKLOADS[self.name](n, seed)
-            return simulate(rescale_to_rate(cache[n], rate), cfg, with_metrics=False).records
+            return simulate_probe(rescale_to_rate(cache[n], rate), cfg, criterion)
         return run, 1.0
 
 
@@ -113,18 +114,20 @@ def make_cells(setups, workloads, seeds, min_requests, max_requests, span_s, top
             shortest = min(max(min_requests // 4, 250), min_requests)
             coarse = BenchWorkload(w, span_s / 4, shortest, max(max_requests // 4, shortest))
 
-            def cell(policy, options=None, grid=None, variants=None):
+            def cell(policy, options=None, grid=None, variants=None, warm_from=None):
                 cfg = SimConfig(policy=policy, model=s.model, tp=s.tp, num_instances=s.num_instances, slo=slo,
                                 policy_options=options or {}, record_timeline=False, latency=latency,
                                 contention_mode=contention)
                 return TuneCell(load, cfg, seeds, grid or grid_for(policy, s.num_instances), start_rps=start,
-                                max_probes=14, top=top, variants=variants or _variants(policy), coarse_workload=coarse)
+                                max_probes=14, top=top, variants=variants or _variants(policy), coarse_workload=coarse,
+                                warm_from=warm_from)
             for policy in s.policies:
                 cells.append(cell(policy))
                 keys.append((s.name, w, policy, None))
             if with_ablations and s is SETUPS[0]:
+                tuned = keys.index((s.name, w, "yoda", None))  # ablations start from tuned Yoda's first search
                 for a in ("defaults", *ABLATIONS):
-                    cells.append(cell("yoda", ABL.get(a, {}), [{}], ({},)))
+                    cells.append(cell("yoda", ABL.get(a, {}), [{}], ({},), warm_from=tuned))
                     keys.append((s.name, w, "yoda", a))
     return cells, keys
 
@@ -293,7 +296,8 @@ def main(quick: bool = typer.Option(False, help="development run: 2 workloads, 1
     if (latency, contention) != ("measured", "default"):
         stem += f"_{latency}_{contention}"
     (out / f"{stem}.md").write_text(header + body + "\n")
-    (out / f"{stem}.json").write_text(json.dumps({"command": command, "wall_s": wall, "search_cpu_s": cpu, "rows": rows,
+    (out / f"{stem}.json").write_text(json.dumps({"command": command, "date": datetime.now(timezone.utc).isoformat(
+        timespec="seconds"), "workers": workers, "wall_s": wall, "search_cpu_s": cpu, "rows": rows,
                                                   "summary": summary}, indent=1, default=str))
     _plot(rows, chosen, names, out / f"{stem}.png")
     print(header + body)

@@ -77,18 +77,24 @@ def workloads(synthetic_requests: int, synthetic_rate: float, mooncake_limit: in
 
 
 # ---- our simulator --------------------------------------------------------------------------------------
-def sim_config(policy: str, num_instances: int) -> dict:
-    """SimConfig keyword arguments of every timed run (plain values: a baseline checkout builds its own)."""
+LATENCY = "roofline"  # the source every checkout has (the default became "measured" later) and Vidur's profile's
+
+
+def sim_config(policy: str, num_instances: int, latency: str = LATENCY) -> dict:
+    """SimConfig keyword arguments of every timed run (plain values: a baseline checkout builds its own).
+    The latency source is named, not defaulted, so a baseline checkout with another default times the same
+    model."""
     return dict(policy=policy, gpu="h100", model="llama3-8b", num_instances=num_instances,
                 dispatcher="round_robin", max_batch=MAX_BATCH, block_size=None, record_timeline=False,
-                policy_options=POLICY_OPTIONS.get(policy, {}))
+                policy_options=POLICY_OPTIONS.get(policy, {}), latency=latency)
 
 
-def time_ours(requests: list[Request], policy: str, num_instances: int, workers: int = 1) -> dict:
+def time_ours(requests: list[Request], policy: str, num_instances: int, workers: int = 1,
+              latency: str = LATENCY) -> dict:
     """One simulation of `requests` under `policy` with its instances in up to `workers` processes; wall time
     as SimResult.wall_s (build, run, metrics)."""
     from sim.run import SimConfig, simulate
-    cfg = SimConfig(**sim_config(policy, num_instances))
+    cfg = SimConfig(**sim_config(policy, num_instances, latency))
     result = simulate(requests, cfg, workers=workers)
     m = result.metrics
     return {"simulator": "ours", "policy": policy, "processes": min(workers, num_instances),
@@ -140,8 +146,9 @@ NOTES = [
 ]
 
 
-def config_text(num_instances: int, synthetic_rate: float) -> str:
-    return (f"Llama-3-8B on {num_instances} x H100 (TP 1, one replica per GPU), round-robin dispatch, batch cap "
+def config_text(num_instances: int, synthetic_rate: float, latency: str = LATENCY) -> str:
+    return (f"Llama-3-8B on {num_instances} x H100 (TP 1, one replica per GPU), {latency} latency source, round-robin "
+            f"dispatch, batch cap "
             f"{MAX_BATCH}, {BLOCK_SIZE}-token KV blocks (ours: the trace's hash block size when it has hashes), "
             f"KV capacity from sim.model_spec.kv_capacity_blocks; chunked token budget 512 = Vidur sarathi chunk "
             f"512; Azure-derived trace at {synthetic_rate:g} req/s Poisson, seed 0.")
@@ -149,7 +156,7 @@ def config_text(num_instances: int, synthetic_rate: float) -> str:
 
 def run_ours(traces: dict[str, list[Request]], policies: list[str], num_instances: int,
              progress: Callable[[str], None] = lambda s: None, workers: tuple[int, ...] = (1,),
-             baseline: Path | None = None, repeat: int = 1) -> list[dict]:
+             baseline: Path | None = None, repeat: int = 1, latency: str = LATENCY) -> list[dict]:
     """Our rows; with `baseline` (a checkout), each run side by side with the same run there."""
     rows = []
     for trace, requests in traces.items():
@@ -158,10 +165,10 @@ def run_ours(traces: dict[str, list[Request]], policies: list[str], num_instance
                 progress(f"ours/{policy} on {trace} ({len(requests)} requests, {min(n, num_instances)} processes)"
                          + (" and the baseline's" if baseline else ""))
                 if baseline is None:
-                    rows.append({"trace": trace, **time_ours(requests, policy, num_instances, n)})
+                    rows.append({"trace": trace, **time_ours(requests, policy, num_instances, n, latency)})
                     continue
-                ours, base, differ = sr.time_side_by_side(requests, sim_config(policy, num_instances), n, baseline,
-                                                          repeat)
+                ours, base, differ = sr.time_side_by_side(requests, sim_config(policy, num_instances, latency), n,
+                                                          baseline, repeat)
                 rows.append({"trace": trace, "simulator": "ours", "policy": policy,
                              "processes": min(n, num_instances), "requests": len(requests), **ours,
                              "baseline_wall_s": base["wall_s"], "records_differ": differ,
@@ -170,12 +177,12 @@ def run_ours(traces: dict[str, list[Request]], policies: list[str], num_instance
 
 
 def run_scale(sizes: list[int], policies: list[str], num_instances: int, rate_rps: float,
-              progress: Callable[[str], None] = lambda s: None) -> list[dict]:
+              progress: Callable[[str], None] = lambda s: None, latency: str = LATENCY) -> list[dict]:
     rows = []
     for policy in policies:
         for n in sizes:
             progress(f"scale: {policy} on {n:,} Azure-derived requests (fresh process)")
-            rows.append({"policy": policy, "requests": n, **sr.time_scale(n, rate_rps, sim_config(policy, num_instances))})
+            rows.append({"policy": policy, "requests": n, **sr.time_scale(n, rate_rps, sim_config(policy, num_instances, latency))})
     return rows
 
 
@@ -201,6 +208,8 @@ def main(synthetic_requests: int = typer.Option(100_000, help="requests in the A
          repeat: int = typer.Option(1, help="with --baseline-ref: runs per side, the fastest counts"),
          scale: str = typer.Option("", help="Azure-derived sizes for the scaling table, e.g. 10000,100000,1000000"),
          scale_policies: str = typer.Option("chunked,yoda", help="policies of the scaling table"),
+         latency: str = typer.Option(LATENCY, help="our latency source (roofline: what Vidur's synthesised profile "
+                                     "and every baseline checkout share)"),
          out: Path = Path("results")) -> None:
     started = time.perf_counter()
     say = lambda s: print(f"[{time.perf_counter() - started:6.0f} s] {s}", flush=True)  # noqa: E731
@@ -218,7 +227,7 @@ def main(synthetic_requests: int = typer.Option(100_000, help="requests in the A
         commit = sr.commit_of(baseline) if baseline else None
         for trace, make in workloads(synthetic_requests, synthetic_rate, mooncake_requests or None).items():
             requests = make()
-            rows += run_ours({trace: requests}, names, instances, say, counts, baseline, repeat)
+            rows += run_ours({trace: requests}, names, instances, say, counts, baseline, repeat, latency)
             if version:
                 say(f"vidur/{VIDUR_SCHEDULER} on {trace} ({len(requests)} requests)")
                 with tempfile.TemporaryDirectory(prefix="vidur-") as tmp:
@@ -226,7 +235,8 @@ def main(synthetic_requests: int = typer.Option(100_000, help="requests in the A
                 if not row["ok"]:
                     say(f"Vidur failed on {trace}: {row['error']}\n{row['log_tail']}")
                 rows.append(row)
-    scale_rows = run_scale(sizes, [p for p in scale_policies.split(",") if p], instances, synthetic_rate, say)
+    scale_rows = run_scale(sizes, [p for p in scale_policies.split(",") if p], instances, synthetic_rate, say,
+                           latency)
     add_rates(rows)
     print_table(rows, scale_rows)
     report = {"command": "python -m benchmarks.sim_speed " + shlex.join(sys.argv[1:]),
@@ -234,8 +244,8 @@ def main(synthetic_requests: int = typer.Option(100_000, help="requests in the A
               "config": {"instances": instances, "max_batch": MAX_BATCH, "block_size": BLOCK_SIZE,
                          "synthetic_requests": synthetic_requests, "synthetic_rate_rps": synthetic_rate,
                          "vidur_scheduler": VIDUR_SCHEDULER, "policy_options": POLICY_OPTIONS,
-                         "workers": list(counts)},
-              "config_text": config_text(instances, synthetic_rate),
+                         "workers": list(counts), "latency": latency},
+              "config_text": config_text(instances, synthetic_rate, latency),
               "baseline_ref": baseline_ref or None, "baseline_commit": commit,
               "vidur": {"version": version, "skipped": None if version else why}, "rows": rows,
               "scale": scale_rows, "scale_text": SCALE_TEXT.format(rate=synthetic_rate, instances=instances),

@@ -101,6 +101,7 @@ class RunPart:
     timelines: list[Timeline | None]
     counters: dict[str, int]
     sim_end_s: float
+    gave_up_at_s: float | None = None  # the watch stopped the run here (records unfinished)
 
 
 def sum_counters(counters: Iterable[dict[str, int]]) -> dict[str, int]:
@@ -112,22 +113,53 @@ def sum_counters(counters: Iterable[dict[str, int]]) -> dict[str, int]:
     return total
 
 
+Watch = Callable[[float, Sequence[RequestRecord]], bool]  # (now, records new since the last call) -> stop
+
+
 def run_part(requests: Sequence[Request], cfg, block_size: int, only: int | None = None,
-             progress: Progress | None = None) -> RunPart:
+             progress: Progress | None = None, watch: Watch | None = None, watch_every_s: float = 1.0) -> RunPart:
     """Replay `requests` (in arrival order) through the cluster, or through instance `only` alone;
-    `progress(simulated s, requests finished)` is called now and then when given."""
+    `progress(simulated s, requests finished)` is called now and then when given. `watch(now, new records)`
+    is called at least every `watch_every_s` simulated seconds (after an event, never adding one); when it
+    returns True the run stops there, unfinished (`RunPart.gave_up_at_s`)."""
     env = simpy.Environment()
     cluster = build(cfg, env, block_size, only)
     env.process(cluster.replay_open_loop(requests))
-    if progress is None:
+    gave_up_at = None
+    if watch is not None:
+        gave_up_at = _run_watching(env, cluster, watch, watch_every_s)
+    elif progress is None:
         env.run()
     else:
         run_reporting(env, lambda: sum(r.finished_at is not None for r in cluster.records()), progress)
     records = cluster.records()
     unfinished = [r.request_id for r in records if r.finished_at is None]
-    if unfinished:
+    if unfinished and gave_up_at is None:
         raise RuntimeError(f"simulation ended with {len(unfinished)} unfinished requests (first: {unfinished[:5]})")
     counters = sum_counters(getattr(g.scheduler, "counters", {}) for g in cluster.instances)
     if cluster.num_transfers:
         counters.update(kv_transfers=cluster.num_transfers, kv_transferred_gb=round(cluster.transferred_bytes / 1e9, 3))
-    return RunPart(records, [g.timeline for g in cluster.instances], counters, env.now)
+    return RunPart(records, [g.timeline for g in cluster.instances], counters, env.now, gave_up_at)
+
+
+def _run_watching(env: simpy.Environment, cluster: Cluster, watch: Watch, every_s: float) -> float | None:
+    """env.run(), asking `watch` after the first event at or past each `every_s` mark (the same events in
+    the same order); the simulated time it said stop at, or None when the run ended on its own."""
+    from simpy.core import EmptySchedule
+
+    lists = [g.scheduler.records for g in cluster.prefill]  # each instance's records, in arrival order
+    seen = [0] * len(lists)
+    step, next_check = env.step, env.now + every_s
+    try:
+        while True:
+            step()
+            if env.now >= next_check:
+                new = []
+                for k, records in enumerate(lists):
+                    new += records[seen[k]:]
+                    seen[k] = len(records)
+                if watch(env.now, new):
+                    return env.now
+                next_check = env.now + every_s
+    except EmptySchedule:
+        return None

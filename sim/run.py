@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from sim.gpu_instance import Timeline
-from sim.replay import build, make_latency, run_part  # noqa: F401  (build, make_latency: public here too)
+from sim.replay import Watch, build, make_latency, run_part  # noqa: F401  (build, make_latency: public here too)
 from sim.shards import run_sharded, shardable
 from yoda.metrics import compute_metrics
 from yoda.policies import policy_names
@@ -65,6 +65,7 @@ class SimResult:
     timelines: list[Timeline | None]
     wall_s: float
     sim_end_s: float
+    gave_up_at_s: float | None = None  # a watch stopped the run (records unfinished)
 
 
 def auto_block_size(requests: Sequence[Request]) -> int:
@@ -74,20 +75,37 @@ def auto_block_size(requests: Sequence[Request]) -> int:
 
 
 def simulate(requests: Sequence[Request], cfg: SimConfig, workers: int = 1,
-             progress: Progress | None = None, with_metrics: bool = True) -> SimResult:
+             progress: Progress | None = None, with_metrics: bool = True, watch: Watch | None = None) -> SimResult:
     """Replay `requests` through the simulated cluster. With `workers` > 1, a cluster whose instances never
     interact (round-robin dispatch, no disaggregation) runs one instance per process, up to `workers` at a
     time; the records are the same as in one process. `progress` (simulated s, requests finished) is
     called now and then (in one process only). `with_metrics=False` leaves the metrics out (only the
-    counters and the run's identity), for callers that judge the records themselves (goodput probes)."""
+    counters and the run's identity), for callers that judge the records themselves (goodput probes).
+    `watch(now, new records)` may stop the run early (sim.replay.run_part; one event loop, so it runs
+    unsharded); `SimResult.gave_up_at_s` then says when, and the records are as far as the run got."""
     started = time.perf_counter()
     block_size = cfg.block_size or auto_block_size(requests)
     ordered = sorted(requests, key=lambda r: (r.arrival_at, r.request_id))
-    if workers > 1 and shardable(cfg):
+    if workers > 1 and shardable(cfg) and watch is None:
         part = run_sharded(ordered, cfg, block_size, workers)
     else:
-        part = run_part(ordered, cfg, block_size, progress=progress)
+        part = run_part(ordered, cfg, block_size, progress=progress, watch=watch)
     metrics = compute_metrics(part.records, cfg.slo) if with_metrics else {}
     metrics.update(policy=cfg.policy, gpu=cfg.gpu, model=cfg.model, tp=cfg.tp, num_instances=cfg.num_instances)
     metrics["scheduler_counters"] = part.counters
-    return SimResult(cfg, part.records, metrics, part.timelines, time.perf_counter() - started, part.sim_end_s)
+    return SimResult(cfg, part.records, metrics, part.timelines, time.perf_counter() - started, part.sim_end_s,
+                     part.gave_up_at_s)
+
+
+def simulate_probe(requests: Sequence[Request], cfg: SimConfig, criterion: str = "strict"):
+    """One goodput probe: the records, or `yoda.goodput.GaveUp` as soon as the TTFT misses alone fail
+    `criterion` (the probe fails either way; stopping there saves the rest of an overloaded run)."""
+    from yoda.goodput import GaveUp, TtftMissWatch
+
+    watch = TtftMissWatch.for_criterion(criterion, cfg.slo, len(requests))
+    result = simulate(requests, cfg, with_metrics=False, watch=watch)
+    if result.gave_up_at_s is None:
+        return result.records
+    return GaveUp(result.records, result.gave_up_at_s,
+                  f"{watch.misses} of {len(requests)} requests past their TTFT target by then: P{cfg.slo.percentile:g} "
+                  f"TTFT is over it from {watch.limit}")

@@ -113,7 +113,7 @@ def search(requests, desc: dict, cfg, replay: str = "original", cv: float = 1.0,
            on_probe: Callable[[float, dict], None] | None = None):
     """search_goodput over re-timings of `requests` (from sim.workloads.load_base); the same seed at
     every probe, so the search is deterministic. Starts at the trace's own rate unless `start_rps`."""
-    from sim.run import simulate
+    from sim.run import simulate_probe
     from sim.workloads import WorkloadError, retime
     from yoda.goodput import search_goodput
 
@@ -123,7 +123,7 @@ def search(requests, desc: dict, cfg, replay: str = "original", cv: float = 1.0,
 
     def run(rate: float):
         retimed, _ = retime(requests, desc, rate=rate, replay=replay, cv=cv, seed=seed)
-        return simulate(retimed, cfg, with_metrics=False).records
+        return simulate_probe(retimed, cfg, criterion)
 
     return search_goodput(run, cfg.slo, start, criterion=criterion, max_probes=max_probes, on_probe=on_probe)
 

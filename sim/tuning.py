@@ -5,12 +5,13 @@
                     grid_for("chunked", num_instances=1))
     ((result,),) = run_tuning([cell], workers=2)    # result["goodput_rps"], ["ci95"], ["config"], ...
 
-Two phases, each fanned out over processes across all cells: (1) every grid point's goodput on the first
-seed with a coarse search (`COARSE_TOL`, optionally on shorter probes); (2) the best `top` points again on
-every seed with a fine search (`FINE_TOL`) started at the coarse result (further variants of a cell, e.g.
-the other admission layer, confirm the best point only). The chosen point has the highest mean over the seeds; its
-per-seed goodputs give the mean and a Student-t 95% interval (scipy). A seed changes every random step of a
-probe's workload (arrival times, bucket spreading, sampled lengths).
+Three phases, each fanned out over processes across all cells: (1) every grid point's goodput on the first
+seed with a coarse search (`COARSE_TOL`, optionally on shorter probes); (2) the best `top` points on the
+first seed with a fine search (`FINE_TOL`) started at the coarse result; (3) those points on every other
+seed, started at (2)'s result (further variants of a cell, e.g. the other admission layer, confirm the best
+point only; a cell may start from another cell's result, e.g. an ablation from the tuned policy). The chosen
+point has the highest mean over the seeds; its per-seed goodputs give the mean and a Student-t 95% interval
+(scipy). A seed changes every random step of a probe's workload (arrival times, bucket spreading, sampled lengths).
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol, Sequence
 
 COARSE_TOL, FINE_TOL = 0.2, 0.05
+# bracket steps of a search started at another search's result: the same point on another seed (seeds move
+# goodput by tens of percent), or another admission layer or cell (which may move it by a factor)
+WARM_GROWTH, CROSS_GROWTH = 1.1, 1.25
 CONFIG_KEYS = ("num_prefill_instances",)  # grid keys that are SimConfig fields; the rest are policy options
 
 
@@ -100,8 +104,9 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
 class Workload(Protocol):
     """What a probe replays: picklable, so tasks can run in other processes."""
 
-    def runner(self, cfg, seed: int) -> tuple[Callable[[float], list], float]:
-        """(rate -> the records of one simulation at that rate, a first rate to try)."""
+    def runner(self, cfg, seed: int, criterion: str = "strict") -> tuple[Callable[[float], object], float]:
+        """(rate -> the records of one simulation at that rate, or yoda.goodput.GaveUp once it cannot meet
+        `criterion`; a first rate to try)."""
         ...
 
 
@@ -116,8 +121,8 @@ class TraceWorkload:
     replay: str = "original"
     cv: float = 1.0
 
-    def runner(self, cfg, seed: int):
-        from sim.run import simulate
+    def runner(self, cfg, seed: int, criterion: str = "strict"):
+        from sim.run import simulate_probe
         from sim.workloads import WorkloadError, load_base, retime
 
         requests, desc = load_base(self.trace, self.format, seed, self.max_requests, self.skip_bad)
@@ -126,7 +131,8 @@ class TraceWorkload:
             raise WorkloadError("the trace has no rate of its own (all arrivals at once): give --start-rps")
 
         def run(rate: float):
-            return simulate(retime(requests, desc, rate=rate, replay=self.replay, cv=self.cv, seed=seed)[0], cfg, with_metrics=False).records
+            retimed = retime(requests, desc, rate=rate, replay=self.replay, cv=self.cv, seed=seed)[0]
+            return simulate_probe(retimed, cfg, criterion)
         return run, start
 
 
@@ -146,6 +152,8 @@ class TuneCell:
     top: int = 2  # grid points confirmed on every seed with the first variant; the others confirm the best one
     variants: tuple[dict, ...] = ({},)
     coarse_workload: Workload | None = None  # the grid search's probes (default: `workload`), e.g. shorter
+    warm_from: int | None = None  # index of a cell (in run_tuning's list) whose lead result starts this one's
+    # searches (e.g. an ablation from the tuned policy); None: its own coarse or lead results
 
 
 def apply_point(cfg, point: dict):
@@ -163,7 +171,7 @@ def _search(task: tuple) -> dict:
 
     started, cpu = time.perf_counter(), time.process_time()
     workload, cfg, seed, start_rps, rel_tol, max_probes, growth, criterion = task
-    run, start = workload.runner(cfg, seed)
+    run, start = workload.runner(cfg, seed, criterion)
     found = search_goodput(run, cfg.slo, start_rps or start, criterion=criterion, rel_tol=rel_tol,
                            max_probes=max_probes, growth=growth)
     ok = [p for p in found.probes if p["ok"]] or found.probes
@@ -197,14 +205,32 @@ def num_searches(cells: Sequence[TuneCell]) -> int:
                + (min(c.top, len(c.grid)) + len(c.variants) - 1) * len(c.seeds) for c in cells)
 
 
+def _task(cell: TuneCell, options: dict, seed: int, guess: float, growth: float, tol: float = FINE_TOL) -> tuple:
+    """A search task: the cell's config with `options` laid over it, started at `guess` (the cell's own
+    start rate, doubling, when there is no guess)."""
+    start, growth = (guess, growth) if guess > 0 else (cell.start_rps, 2.0)
+    return (cell.workload, apply_point(cell.config, options), seed, start, tol, cell.max_probes, growth,
+            cell.criterion)
+
+
 def run_tuning(cells: Sequence[TuneCell], workers: int = 1,
                on_done: Callable[[], None] | None = None) -> list[list[dict]]:
-    """Tune every cell (each phase fanned out across all cells); per cell, one result dict per variant."""
-    coarse_tasks = [(c.coarse_workload or c.workload, apply_point(c.config, {**c.variants[0], **p}), c.seeds[0],
-                     c.start_rps, COARSE_TOL, c.max_probes, 2.0, c.criterion)
+    """Tune every cell (each phase fanned out across all cells); per cell, one result dict per variant.
+
+    Phases: (1) the grid, coarse, on the first seed; (2) the lead search of each shortlisted point (first
+    variant, first seed), started at its coarse result; (3) every other seed and variant of those points,
+    started at the lead result (other seeds step by `WARM_GROWTH`, the other admission layers by
+    `CROSS_GROWTH`), and the cells warm-started from another cell's lead (`TuneCell.warm_from`). Each
+    search still brackets and bisects to `FINE_TOL` on its own probes; a start only saves the probes that
+    would have walked there."""
+    for k, c in enumerate(cells):
+        if c.warm_from is not None and not (0 <= c.warm_from < len(cells) and cells[c.warm_from].warm_from is None
+                                            and c.warm_from != k):
+            raise ValueError(f"cell {k}: warm_from must name another cell that is not warm-started itself")
+    coarse_tasks = [_task(c, {**c.variants[0], **p}, c.seeds[0], 0.0, 2.0, COARSE_TOL)
                     for c in cells if len(c.grid) > 1 for p in c.grid]
     coarse = iter(map_searches(coarse_tasks, workers, on_done))
-    shortlists = []  # per cell: [(grid index, coarse result or None)]
+    shortlists = []  # per cell: [(grid index, coarse results or None)]
     for c in cells:
         if len(c.grid) == 1:
             shortlists.append([(0, None)])
@@ -212,21 +238,40 @@ def run_tuning(cells: Sequence[TuneCell], workers: int = 1,
         found = [next(coarse) for _ in c.grid]
         best = sorted(range(len(c.grid)), key=lambda i: (-found[i]["goodput_rps"], i))[: c.top]
         shortlists.append([(i, found) for i in best])
-    fine_tasks = []
-    for c, shortlist in zip(cells, shortlists):
-        for k, variant in enumerate(c.variants):
-            for i, found in shortlist[: None if k == 0 else 1]:
-                guess = found[i]["goodput_rps"] if found else 0.0
-                growth = 1.2 if guess > 0 else 2.0
-                fine_tasks += [(c.workload, apply_point(c.config, {**c.grid[i], **variant}), s, guess or c.start_rps,
-                                FINE_TOL, c.max_probes, growth, c.criterion) for s in c.seeds]
-    fine = iter(map_searches(fine_tasks, workers, on_done))
+    # (2) lead searches
+    lead_keys = [(k, i) for k, c in enumerate(cells) if c.warm_from is None for i, _ in shortlists[k]]
+    lead_tasks = []
+    for k, i in lead_keys:
+        c, found = cells[k], dict(shortlists[k])[i]
+        guess = found[i]["goodput_rps"] if found else 0.0
+        lead_tasks.append(_task(c, {**c.grid[i], **c.variants[0]}, c.seeds[0], guess, 1.2))
+    lead = dict(zip(lead_keys, map_searches(lead_tasks, workers, on_done)))
+
+    def warm_guess(k: int, i: int) -> float:
+        source = cells[k].warm_from
+        if source is None:
+            return lead[(k, i)]["goodput_rps"]
+        return max(lead[(source, j)]["goodput_rps"] for j, _ in shortlists[source])
+    # (3) the rest
+    rest_keys, rest_tasks = [], []
+    for k, (c, shortlist) in enumerate(zip(cells, shortlists)):
+        for v, variant in enumerate(c.variants):
+            for i, _ in shortlist[: None if v == 0 else 1]:
+                for n, seed in enumerate(c.seeds):
+                    if v == 0 and n == 0 and c.warm_from is None:
+                        continue  # the lead search
+                    rest_keys.append((k, v, i, n))
+                    growth = WARM_GROWTH if v == 0 and c.warm_from is None else CROSS_GROWTH
+                    rest_tasks.append(_task(c, {**c.grid[i], **variant}, seed, warm_guess(k, i), growth))
+    rest = dict(zip(rest_keys, map_searches(rest_tasks, workers, on_done)))
     results = []
-    for c, shortlist in zip(cells, shortlists):
+    for k, (c, shortlist) in enumerate(zip(cells, shortlists)):
         per_variant = []
-        for k, variant in enumerate(c.variants):
-            confirm = shortlist[: None if k == 0 else 1]
-            per_variant.append(_result(c, variant, confirm, [[next(fine) for _ in c.seeds] for _ in confirm]))
+        for v, variant in enumerate(c.variants):
+            confirm = shortlist[: None if v == 0 else 1]
+            rows = [[lead[(k, i)] if (v, n) == (0, 0) and c.warm_from is None else rest[(k, v, i, n)]
+                     for n in range(len(c.seeds))] for i, _ in confirm]
+            per_variant.append(_result(c, variant, confirm, rows))
         results.append(per_variant)
     return results
 
