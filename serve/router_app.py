@@ -134,18 +134,12 @@ def create_router_app(router: Router, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
             upstream = router.whole_request(path, body, router.routing_request(body))
         except NoInstance as e:
             return error_response(e.status, e.message, headers=e.headers)
-        sending = asyncio.ensure_future(router.client.send(upstream, stream=True))
-        watch = asyncio.ensure_future(until_disconnected(http))
-        await asyncio.wait({sending, watch}, return_when=asyncio.FIRST_COMPLETED)
-        watch.cancel()
-        if not sending.done():  # the client left before the instance answered
-            sending.cancel()
-            await asyncio.gather(sending, return_exceptions=True)
-            return error_response(499, "client disconnected")
         try:
-            resp = sending.result()
+            answered, resp = await _unless_client_leaves(router.client.send(upstream, stream=True), http)
         except httpx.HTTPError as e:
             return error_response(502, f"instance failed: {type(e).__name__}")
+        if not answered:  # the client left before the instance answered
+            return error_response(499, "client disconnected")
         headers = {k: v for k, v in resp.headers.items() if k.lower() in ("retry-after", "x-ignored-fields")}
         if resp.status_code != 200 or not body.get("stream"):
             content = await _read_or_leave(resp, http)

@@ -103,7 +103,7 @@ class ChunkedPrefill(DeadlineAdmission):
         if busy:
             return []
         batch = self.decode_batch(now)
-        it = self.iteration_chunks(now, self.token_budget - len(batch), len(batch))
+        it = self.iteration_chunks(now, self.token_budget - len(batch))
         chunks = it.chunks
         if not batch and not chunks:
             return []
@@ -112,7 +112,7 @@ class ChunkedPrefill(DeadlineAdmission):
         steps = self._repeat_steps(chunks, it.budget) if self.max_decode_steps > 1 else 1
         return [self.prefill_launch(chunks, self.config.num_sms, DECODE, batch=batch, num_steps=steps)]
 
-    def iteration_chunks(self, now: float, budget: int, num_decoding: int) -> IterationChunks:
+    def iteration_chunks(self, now: float, budget: int) -> IterationChunks:
         """Chunks for admitted prefills first (in admission order), then for newly admitted requests."""
         self.admit_urgent(now)
         it = IterationChunks(self.limits, budget)

@@ -36,7 +36,7 @@ class DisaggPrefill(ChunkedPrefill):
     def schedule(self, now: float, busy: dict[str, Launch]) -> Sequence[Launch]:
         if busy:
             return []
-        chunks = self.iteration_chunks(now, self.token_budget, 0).chunks
+        chunks = self.iteration_chunks(now, self.token_budget).chunks
         for chunk in chunks:
             self.prefill_started_at.setdefault(chunk.request_id, now)
         return [self.prefill_launch(chunks, self.config.num_sms, PREFILL)] if chunks else []
