@@ -1,12 +1,14 @@
-"""The README's goodput section, generated from the benchmark's JSON so that its numbers are the table's.
+"""The README's results sections, generated from the benchmarks' JSON so that its numbers are the tables'.
 
-    python -m benchmarks.readme_results [--json results/goodput_vs_baselines.json] [--readme README.md]
+    python -m benchmarks.readme_results [--json results/goodput_vs_baselines.json] [--speed-json
+        results/sim_speed.json] [--readme README.md]
     python -m benchmarks.readme_results --check     # exit 1 when the README differs from the JSON
 
-The section lies between the two marker comments (START, END) in the README; everything else is left as
-it is. Per setup: Yoda's goodput with its interval, and its ratio over each tuned baseline as shipped (FCFS)
-and with the same (deadline) admission, their geometric means, and every cell where Yoda loses; then the
-ablations as Yoda's default-knob goodput over each mechanism turned off.
+Each section lies between its two marker comments in the README; everything else is left as it is.
+Goodput (START, END): per setup, Yoda's goodput with its interval and its ratio over each tuned baseline as
+shipped (FCFS) and with the same (deadline) admission, their geometric means, and every cell where Yoda
+loses; then the ablations as Yoda's default-knob goodput over each mechanism turned off. Simulator speed
+(SPEED_START, SPEED_END): the side-by-side speed-ups, Vidur, and the scaling table's extremes.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from benchmarks.goodput_vs_baselines import ABLATIONS, SETUPS, _fmt, _geomean, _
 ROOT = Path(__file__).resolve().parents[1]
 START = "<!-- goodput-results:start (python -m benchmarks.readme_results) -->"
 END = "<!-- goodput-results:end -->"
+SPEED_START = "<!-- sim-speed:start (python -m benchmarks.readme_results) -->"
+SPEED_END = "<!-- sim-speed:end -->"
 
 CAVEATS = (
     "What could still make these wrong: the latency source (measured Vidur kernels, transfer error 3.0 / 9.0 / "
@@ -114,24 +118,71 @@ def render(data: dict, source: str) -> str:
     return "\n".join(out)
 
 
-def splice(readme: str, section: str) -> str:
-    if START not in readme or END not in readme:
-        raise ValueError(f"README has no results markers; add the lines {START!r} and {END!r} where the section goes")
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
+def render_speed(data: dict) -> str:
+    """The simulator-speed paragraph from benchmarks/sim_speed.py's JSON."""
+    rows = {(r["trace"], r["simulator"], r["policy"], r.get("processes", 1)): r for r in data["rows"]}
+    moon = {p: rows.get(("mooncake_conversation", "ours", p, 1)) for p in ("yoda", "chunked")}
+    vidur = rows.get(("mooncake_conversation", "vidur", "vidur-sarathi", 1))
+    ref = data.get("baseline_ref")
+    latency = data.get("config", {}).get("latency")
+    latency_text = f", {latency} latency source" if latency else ""
+    out = [f"Simulator speed (`results/sim_speed.md`, made by `{data['command']}`, {data['date'][:10]}, "
+           f"{data['device']}): on the Mooncake conversation trace (12,031 requests, 4 simulated H100s, round-robin, "
+           f"one process{latency_text})"]
+    parts = []
+    for policy, name in (("yoda", "Yoda"), ("chunked", "chunked prefill")):
+        r = moon[policy]
+        if r is None:
+            continue
+        text = f"{name} simulates {r['req_per_wall_s']:,.0f} requests per wall second ({r['wall_s']:.1f} s)"
+        if r.get("vs_baseline"):
+            text += (f", {r['vs_baseline']:.2f}x the code of `{ref}` timed side by side "
+                     f"({r['records_differ']:,} of {r['requests']:,} records differ)")
+        parts.append(text)
+    out[-1] += " " + "; ".join(parts) + "."
+    if vidur and vidur.get("wall_s"):
+        out.append(f"Vidur {data['vidur']['version']} (Sarathi, its own event loop) takes {vidur['wall_s']:.1f} s on the "
+                   f"same trace" + (f": ours is {moon['yoda']['vs_vidur']:.1f}x (Yoda) and "
+                                    f"{moon['chunked']['vs_vidur']:.1f}x (chunked) its requests per second."
+                                    if moon["yoda"] and moon["chunked"] else "."))
+    else:
+        out.append(f"Vidur was not timed in that run ({data['vidur'].get('skipped')}).")
+    scale = data.get("scale") or []
+    for policy, name in (("chunked", "chunked prefill"), ("yoda", "Yoda")):
+        mine = sorted((r for r in scale if r["policy"] == policy), key=lambda r: r["requests"])
+        if len(mine) > 1:
+            us = [1e6 * r["wall_s"] / r["requests"] for r in mine]
+            out.append(f"Scaling, {name}: {mine[-1]['requests']:,} Azure-derived requests in {mine[-1]['wall_s']:.0f} s "
+                       f"and {mine[-1]['peak_rss_mb'] / 1024:.1f} GB peak RSS; "
+                       + ", ".join(f"{r['requests']:,}: {u:.0f} us" for r, u in zip(mine, us)) + " per request.")
+    return "\n".join([SPEED_START, "", " ".join(out), "", SPEED_END])
+
+
+def splice(readme: str, section: str, start: str = START, end: str = END) -> str:
+    if start not in readme or end not in readme:
+        raise ValueError(f"README has no results markers; add the lines {start!r} and {end!r} where the section goes")
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
     return head + section + tail
 
 
+def render_readme(readme: str, goodput: dict, speed: dict, source: str = "results/goodput_vs_baselines.md") -> str:
+    """`readme` with both generated sections rendered from the two benchmarks' JSON."""
+    return splice(splice(readme, render(goodput, source)), render_speed(speed), SPEED_START, SPEED_END)
+
+
 def main(json_path: Path = typer.Option(ROOT / "results" / "goodput_vs_baselines.json", "--json"),
+         speed_json: Path = typer.Option(ROOT / "results" / "sim_speed.json", "--speed-json"),
          readme: Path = typer.Option(ROOT / "README.md"),
          check: bool = typer.Option(False, help="only compare: exit 1 when the README is not the JSON's")) -> None:
     data = json.loads(json_path.read_text())
     source = str(json_path.with_suffix(".md").relative_to(ROOT)) if json_path.is_relative_to(ROOT) else str(json_path)
     text = readme.read_text()
-    new = splice(text, render(data, source))
+    new = render_readme(text, data, json.loads(speed_json.read_text()), source)
     if check:
         if new != text:
-            typer.echo(f"{readme} differs from {json_path}: run python -m benchmarks.readme_results", err=True)
+            typer.echo(f"{readme} differs from {json_path} or {speed_json}: run python -m benchmarks.readme_results",
+                       err=True)
             raise typer.Exit(1)
         typer.echo("README results match the JSON")
         return

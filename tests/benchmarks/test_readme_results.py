@@ -4,17 +4,26 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.readme_results import END, START, render, splice
+from benchmarks.readme_results import END, SPEED_END, SPEED_START, START, render, render_readme, render_speed, splice
 
 ROOT = Path(__file__).resolve().parents[2]
 JSON = ROOT / "results" / "goodput_vs_baselines.json"
 
 
-def test_the_readme_section_is_the_committed_json_rendered():
+def test_the_readme_sections_are_the_committed_json_rendered():
     readme = (ROOT / "README.md").read_text()
-    data = json.loads(JSON.read_text())
-    assert splice(readme, render(data, "results/goodput_vs_baselines.md")) == readme, (
-        "README results differ from results/goodput_vs_baselines.json: run python -m benchmarks.readme_results")
+    speed = json.loads((ROOT / "results" / "sim_speed.json").read_text())
+    assert render_readme(readme, json.loads(JSON.read_text()), speed) == readme, (
+        "README results differ from results/*.json: run python -m benchmarks.readme_results")
+
+
+def test_the_speed_paragraph_carries_the_side_by_side_ratios():
+    speed = json.loads((ROOT / "results" / "sim_speed.json").read_text())
+    text = render_speed(speed)
+    assert text.startswith(SPEED_START) and text.endswith(SPEED_END)
+    for r in speed["rows"]:
+        if r["trace"] == "mooncake_conversation" and r["simulator"] == "ours" and r.get("vs_baseline"):
+            assert f"{r['vs_baseline']:.2f}x the code of" in text
 
 
 def test_a_changed_goodput_changes_the_section_and_its_ratios():
