@@ -85,10 +85,13 @@ class ContentionModel:
     def slowdowns(self, a: Launch, b: Launch, gpu: GpuSpec, model: ModelSpec) -> tuple[float, float]:
         """(slowdown of `a` beside `b`, of `b` beside `a`): both lanes' factors from one profile lookup each."""
         cap = gpu.max_contention_slowdown if self.max_slowdown is None else self.max_slowdown
-        sensitivity_a, pressure_a, _ = self._lane(a, gpu, model)
-        sensitivity_b, pressure_b, _ = self._lane(b, gpu, model)
-        demand_a, demand_b = self.demand_bytes_per_s(a, gpu, model), self.demand_bytes_per_s(b, gpu, model)
-        got_a, got_b = share_bandwidth(demand_a, demand_b, self.usable_bytes_per_s(gpu))
+        sensitivity_a, pressure_a, memory_bound_a = self._lane(a, gpu, model)
+        sensitivity_b, pressure_b, memory_bound_b = self._lane(b, gpu, model)
+        usable = self.usable_bytes_per_s(gpu)
+        # demand_bytes_per_s of each, from the profiles already looked up
+        demand_a = memory_bound_a * usable * gpu.bandwidth_share(a.num_sms)
+        demand_b = memory_bound_b * usable * gpu.bandwidth_share(b.num_sms)
+        got_a, got_b = share_bandwidth(demand_a, demand_b, usable)
         slow_a = max(1.0 + cap * sensitivity_a * pressure_b, demand_a / got_a if got_a > 0 else 1.0)
         slow_b = max(1.0 + cap * sensitivity_b * pressure_a, demand_b / got_b if got_b > 0 else 1.0)
         return 1.0 + self.excess_scale * (slow_a - 1.0), 1.0 + self.excess_scale * (slow_b - 1.0)
