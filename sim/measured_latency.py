@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -171,6 +171,11 @@ class MeasuredLatency:
 
     def iteration_s(self, num_tokens: int, num_seqs: int, attention_s: float, num_sms: int) -> float:
         """All layers of `num_tokens` tokens with `attention_s` of attention per layer, LM head on `num_seqs`."""
+        layer, lm_head, emb = self._iteration_parts_s(num_tokens, num_seqs, num_sms)
+        return self.model.num_layers * (layer + attention_s) + lm_head + emb + STEP_OVERHEAD_S
+
+    def _iteration_parts_s(self, num_tokens: int, num_seqs: int, num_sms: int) -> tuple[float, float, float]:
+        """(per-layer time besides attention, LM head, embedding) of an iteration, memoised by shape."""
         key = (num_tokens, num_seqs, num_sms)
         parts = self._iteration_parts.get(key)
         if parts is None:
@@ -179,8 +184,7 @@ class MeasuredLatency:
             emb = self._lookup(self._emb, num_tokens) if num_tokens else 0.0
             lm_head = self._lookup(self._lm_head_curve(num_sms), num_seqs) if num_seqs else 0.0
             parts = self._iteration_parts[key] = (layer, lm_head, emb)
-        layer, lm_head, emb = parts
-        return self.model.num_layers * (layer + attention_s) + lm_head + emb + STEP_OVERHEAD_S
+        return parts
 
     # ---- LatencySource ---------------------------------------------------------------------------------
     def prefill_s(self, new_lens: Sequence[int], reused_lens: Sequence[int], num_sms: int) -> float:
@@ -204,3 +208,22 @@ class MeasuredLatency:
         if batch:
             attention += self._decode_attention_s(kv_len, num_sms)
         return self.iteration_s(sum(new_lens) + batch, len(new_lens) + batch, attention, num_sms)
+
+    def chunk_step_s(self, num_new: int, start_len: int, batch: int, kv_len: int, num_sms: int
+                     ) -> Callable[[int], float]:
+        """Step j of a multi-step chunked launch with `batch` > 0 decode tokens: mixed_s([num_new],
+        [start_len + j * num_new], batch, kv_len + j * batch, num_sms), the same arithmetic with the
+        per-launch constants bound once (sim.gpu_instance asks for every step of every such launch)."""
+        flops, bandwidth = self._attention_rate(num_sms)
+        flops_per_pair, per_token_layer = self._flops_per_pair, self._kv_bytes_per_token_layer
+        layer, lm_head, emb = self._iteration_parts_s(num_new + batch, 1 + batch, num_sms)
+        num_layers, n, triangle = self.model.num_layers, num_new, num_new * (num_new + 1) / 2
+
+        def step_s(j: int) -> float:
+            r, kv = start_len + j * n, kv_len + j * batch
+            compute = flops_per_pair * (n * r + triangle) / flops  # causal_attention_pairs(n, r)
+            memory = per_token_layer * (r + 2 * n) / bandwidth
+            attention = ATTENTION_FLOOR_S + max(compute, memory) * (1.0 + (r + n) / LONG_CONTEXT_TOKENS)
+            attention += ATTENTION_FLOOR_S + max(flops_per_pair * kv / flops, per_token_layer * kv / bandwidth)
+            return num_layers * (layer + attention) + lm_head + emb + STEP_OVERHEAD_S
+        return step_s
