@@ -80,18 +80,24 @@ class MultiStepDecode:
         # rebuilding it without the reserved crossings pops the rest as popping them one by one would
         heap[:] = [e for e in heap if e[0] >= end]
         heapq.heapify(heap)
-        for state in sorted(due, key=lambda s: s.order):  # deterministic block ids
-            self._run_growth.append((state, state.epoch, len(kv.block_table(state.id))))
-            kv.extend(state.id, due[state])
+        ordered = sorted(due, key=lambda s: s.order)  # deterministic block ids
+        self._run_growth.extend((s, s.epoch, len(tables[s.request.request_id])) for s in ordered)
+        kv.extend_many([(s.request.request_id, due[s]) for s in ordered])
         return steps
 
     def _release_unused_growth(self) -> None:
         """After a decode run: each request keeps the blocks one-step launches would hold by now (those it
         had, or enough for the tokens written so far) and gives back the rest, then notes its next crossing."""
-        bs, kv = self.config.block_size, self.kv
+        bs, kv, clock, heap = self.config.block_size, self.kv, self.step_clock[0], self._grow_heap
+        tables = kv._tables  # block_table(), inlined
         for state, epoch, had in self._run_growth:
             if state.epoch != epoch or state.step_clock is None:
                 continue  # finished (or preempted) in the run: its blocks are gone
-            kv.truncate(state.id, max(had, -(-(state.context_len - 1) // bs)))
-            self._push_growth(state)
+            request, generated, joined = state.request, state.generated_base, state.join_step
+            context_len = request.prompt_len + generated + clock - joined
+            kv.truncate(request.request_id, max(had, -(-(context_len - 1) // bs)))
+            # _push_growth(state), inlined (this loop is hot)
+            step = clock + len(tables[request.request_id]) * bs - context_len + 1
+            if step < joined + request.output_len - generated:
+                heapq.heappush(heap, (step, state.order, epoch, state))
         self._run_growth.clear()
