@@ -56,11 +56,11 @@ class ContentionModel:
     min_sensitivity: float = 0.1
     excess_scale: float = 1.0  # multiplies each slowdown's excess over 1 (PESSIMISTIC_EXCESS: pessimistic)
     # (gpu, model) -> (its roofline, {(batch, num_sms): (memory s, compute s) of a decode step at no KV
-    # and per KV token})
+    # and per KV token}, {(prefill chunks, num_sms): profile}: a prefill job's layer groups share it (it
+    # does not depend on layers))
     _rooflines: dict = field(default_factory=dict, repr=False, compare=False)
+    _last_roofline: tuple | None = field(default=None, repr=False, compare=False)  # (gpu, model, entry)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
-    # (prefill chunks, num_sms) -> profile: a prefill job's layer groups share it (it does not depend on layers)
-    _prefill_profiles: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_slowdown is not None and not 0 <= self.max_slowdown < 1:
@@ -124,18 +124,23 @@ class ContentionModel:
         return found
 
     def _profile(self, launch: Launch, gpu: GpuSpec, model: ModelSpec) -> tuple[float, float, float]:
-        entry = self._rooflines.get((gpu, model))
-        if entry is None:
-            entry = self._rooflines[(gpu, model)] = (RooflineLatency(model, gpu), {})
-        roofline, decode_lines = entry
+        last = self._last_roofline  # NOTE: by identity first: hashing a GpuSpec and a ModelSpec is not free
+        if last is not None and last[0] is gpu and last[1] is model:
+            entry = last[2]
+        else:
+            entry = self._rooflines.get((gpu, model))
+            if entry is None:
+                entry = self._rooflines[(gpu, model)] = (RooflineLatency(model, gpu), {}, {})
+            self._last_roofline = (gpu, model, entry)
+        roofline, decode_lines, prefill_profiles = entry
         if launch.prefill and not launch.decode_ids:
-            key = (launch.prefill, launch.num_sms, gpu, model)
-            found = self._prefill_profiles.get(key)
+            key = (launch.prefill, launch.num_sms)
+            found = prefill_profiles.get(key)
             if found is None:
-                if len(self._prefill_profiles) >= _CACHE_LIMIT:
-                    self._prefill_profiles.clear()
+                if len(prefill_profiles) >= _CACHE_LIMIT:
+                    prefill_profiles.clear()
                 found = self._lane_profile(gpu, launch, *self._memory_compute_s(roofline, launch))
-                self._prefill_profiles[key] = found
+                prefill_profiles[key] = found
             return found
         if launch.prefill:
             memory_s, compute_s = self._memory_compute_s(roofline, launch)
