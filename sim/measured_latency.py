@@ -143,8 +143,9 @@ class MeasuredLatency:
         rates = self._attention_rates.get(num_sms)
         if rates is None:
             gpu = self.gpu
-            rates = self._attention_rates[num_sms] = (gpu.peak_flops * ATTENTION_MFU * gpu.compute_share(num_sms),
-                                                      gpu.hbm_bytes_per_s * ATTENTION_MBU * gpu.bandwidth_share(num_sms))
+            rates = (gpu.peak_flops * ATTENTION_MFU * gpu.compute_share(num_sms),
+                     gpu.hbm_bytes_per_s * ATTENTION_MBU * gpu.bandwidth_share(num_sms))
+            self._attention_rates[num_sms] = rates
         return rates
 
     def _prefill_attention_s(self, new_lens: Sequence[int], reused_lens: Sequence[int], num_sms: int) -> float:
