@@ -56,11 +56,11 @@ class ContentionModel:
     min_sensitivity: float = 0.1
     excess_scale: float = 1.0  # multiplies each slowdown's excess over 1 (PESSIMISTIC_EXCESS: pessimistic)
     # (gpu, model) -> (its roofline, {(batch, num_sms): (memory s, compute s) of a decode step at no KV
-    # and per KV token})
+    # and per KV token}, {(prefill chunks, num_sms): profile}: a prefill job's layer groups share it (it
+    # does not depend on layers))
     _rooflines: dict = field(default_factory=dict, repr=False, compare=False)
+    _last_roofline: tuple | None = field(default=None, repr=False, compare=False)  # (gpu, model, entry)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
-    # (prefill chunks, num_sms) -> profile: a prefill job's layer groups share it (it does not depend on layers)
-    _prefill_profiles: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_slowdown is not None and not 0 <= self.max_slowdown < 1:
@@ -85,10 +85,13 @@ class ContentionModel:
     def slowdowns(self, a: Launch, b: Launch, gpu: GpuSpec, model: ModelSpec) -> tuple[float, float]:
         """(slowdown of `a` beside `b`, of `b` beside `a`): both lanes' factors from one profile lookup each."""
         cap = gpu.max_contention_slowdown if self.max_slowdown is None else self.max_slowdown
-        sensitivity_a, pressure_a, _ = self._lane(a, gpu, model)
-        sensitivity_b, pressure_b, _ = self._lane(b, gpu, model)
-        demand_a, demand_b = self.demand_bytes_per_s(a, gpu, model), self.demand_bytes_per_s(b, gpu, model)
-        got_a, got_b = share_bandwidth(demand_a, demand_b, self.usable_bytes_per_s(gpu))
+        sensitivity_a, pressure_a, memory_bound_a = self._lane(a, gpu, model)
+        sensitivity_b, pressure_b, memory_bound_b = self._lane(b, gpu, model)
+        usable = self.usable_bytes_per_s(gpu)
+        # demand_bytes_per_s of each, from the profiles already looked up
+        demand_a = memory_bound_a * usable * gpu.bandwidth_share(a.num_sms)
+        demand_b = memory_bound_b * usable * gpu.bandwidth_share(b.num_sms)
+        got_a, got_b = share_bandwidth(demand_a, demand_b, usable)
         slow_a = max(1.0 + cap * sensitivity_a * pressure_b, demand_a / got_a if got_a > 0 else 1.0)
         slow_b = max(1.0 + cap * sensitivity_b * pressure_a, demand_b / got_b if got_b > 0 else 1.0)
         return 1.0 + self.excess_scale * (slow_a - 1.0), 1.0 + self.excess_scale * (slow_b - 1.0)
@@ -121,18 +124,23 @@ class ContentionModel:
         return found
 
     def _profile(self, launch: Launch, gpu: GpuSpec, model: ModelSpec) -> tuple[float, float, float]:
-        entry = self._rooflines.get((gpu, model))
-        if entry is None:
-            entry = self._rooflines[(gpu, model)] = (RooflineLatency(model, gpu), {})
-        roofline, decode_lines = entry
+        last = self._last_roofline  # NOTE: by identity first: hashing a GpuSpec and a ModelSpec is not free
+        if last is not None and last[0] is gpu and last[1] is model:
+            entry = last[2]
+        else:
+            entry = self._rooflines.get((gpu, model))
+            if entry is None:
+                entry = self._rooflines[(gpu, model)] = (RooflineLatency(model, gpu), {}, {})
+            self._last_roofline = (gpu, model, entry)
+        roofline, decode_lines, prefill_profiles = entry
         if launch.prefill and not launch.decode_ids:
-            key = (launch.prefill, launch.num_sms, gpu, model)
-            found = self._prefill_profiles.get(key)
+            key = (launch.prefill, launch.num_sms)
+            found = prefill_profiles.get(key)
             if found is None:
-                if len(self._prefill_profiles) >= _CACHE_LIMIT:
-                    self._prefill_profiles.clear()
+                if len(prefill_profiles) >= _CACHE_LIMIT:
+                    prefill_profiles.clear()
                 found = self._lane_profile(gpu, launch, *self._memory_compute_s(roofline, launch))
-                self._prefill_profiles[key] = found
+                prefill_profiles[key] = found
             return found
         if launch.prefill:
             memory_s, compute_s = self._memory_compute_s(roofline, launch)

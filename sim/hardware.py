@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,7 @@ class GpuSpec:
         0.33 / 0.55 / 0.80 / 0.97 at 8 / 16 / 32 / 66 SMs, close to the public H800 decode fits
         (decode step 3.0x / 1.8x / 1.24x / 1.05x slower than on 132 SMs).
         """
-        x = min(max(num_sms, 0), self.num_sms) / self.num_sms
-        k = 3.0 / self.bandwidth_saturation_fraction
-        return (1.0 - math.exp(-k * x)) / (1.0 - math.exp(-k))
+        return _bandwidth_share(num_sms, self.num_sms, self.bandwidth_saturation_fraction)
 
     def partition_sizes(self) -> list[int]:
         """SM counts of the default partition menu: multiples of partition_step, plus the whole GPU."""
@@ -86,3 +85,11 @@ def get_gpu(name: str) -> GpuSpec:
         return GPUS[name.lower()]
     except KeyError:
         raise KeyError(f"unknown GPU {name!r}; known GPUs: {', '.join(sorted(GPUS))}") from None
+
+
+@lru_cache(maxsize=4096)
+def _bandwidth_share(num_sms: int, total_sms: int, saturation_fraction: float) -> float:
+    """GpuSpec.bandwidth_share, memoised (it runs several times per simulated launch)."""
+    x = min(max(num_sms, 0), total_sms) / total_sms
+    k = 3.0 / saturation_fraction
+    return (1.0 - math.exp(-k * x)) / (1.0 - math.exp(-k))

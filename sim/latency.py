@@ -12,7 +12,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple, Protocol, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 from sim.hardware import GpuSpec
 from sim.model_spec import ModelSpec, causal_attention_pairs
@@ -128,11 +128,7 @@ class RooflineLatency:
     def compute_memory_s(self, work: Work, num_sms: int) -> tuple[float, float, float, float]:
         """(GEMM compute, GEMM memory, attention compute, attention memory) seconds on `num_sms` SMs.
         Attention sums the prefill and decode kernels' bound times (they run one after the other)."""
-        rates = self._rates.get(num_sms)  # type: ignore[attr-defined]
-        if rates is None:
-            rates = self._rates[num_sms] = (self.gpu.peak_flops * self.gpu.compute_share(num_sms),  # type: ignore[attr-defined]
-                                            self.gpu.hbm_bytes_per_s * self.mbu * self.gpu.bandwidth_share(num_sms))
-        flops, bandwidth = rates
+        flops, bandwidth = self._rates_for(num_sms)
         gemm_c = work.gemm_flops / (flops * self.gemm_efficiency(max(work.num_tokens, 1)))
         p_c, p_m = work.attention_flops / (flops * self.attention_mfu), work.kv_bytes / bandwidth
         d_c, d_m = work.decode_attention_flops / (flops * self.attention_mfu), work.decode_kv_bytes / bandwidth
@@ -141,14 +137,25 @@ class RooflineLatency:
         attn_m = (p_m if p_m > p_c else 0.0) + (d_m if d_m > d_c else 0.0)
         return (gemm_c, (work.weight_bytes + work.activation_bytes) / bandwidth, attn_c, attn_m)
 
-    def time_s(self, work: Work, num_sms: int) -> float:
-        gemm_c, gemm_m, attn_c, attn_m = self.compute_memory_s(work, num_sms)
+    def _rates_for(self, num_sms: int) -> tuple[float, float]:
+        """(usable FLOP/s, usable HBM bytes/s) on `num_sms` SMs, memoised."""
+        rates = self._rates.get(num_sms)  # type: ignore[attr-defined]
+        if rates is None:
+            rates = self._rates[num_sms] = (self.gpu.peak_flops * self.gpu.compute_share(num_sms),  # type: ignore[attr-defined]
+                                            self.gpu.hbm_bytes_per_s * self.mbu * self.gpu.bandwidth_share(num_sms))
+        return rates
+
+    def _overhead_s(self, num_tokens: int) -> float:
         m = self.model
         overhead_s = self.step_overhead_s + m.num_layers * self.layer_overhead_s
         if m.tp > 1:  # ring all-reduce after attention and after the MLP
-            payload = work.num_tokens * m.hidden * m.dtype_bytes * 2 * (m.tp - 1) / m.tp
+            payload = num_tokens * m.hidden * m.dtype_bytes * 2 * (m.tp - 1) / m.tp
             overhead_s += 2 * m.num_layers * (self.allreduce_latency_s + payload / self.gpu.nvlink_bytes_per_s)
-        return max(gemm_c, gemm_m) + attn_c + attn_m + overhead_s
+        return overhead_s
+
+    def time_s(self, work: Work, num_sms: int) -> float:
+        gemm_c, gemm_m, attn_c, attn_m = self.compute_memory_s(work, num_sms)
+        return max(gemm_c, gemm_m) + attn_c + attn_m + self._overhead_s(work.num_tokens)
 
     def prefill_s(self, new_lens: Sequence[int], reused_lens: Sequence[int], num_sms: int) -> float:
         return self.time_s(self.work(new_lens, reused_lens, 0, 0), num_sms)
@@ -167,6 +174,28 @@ class RooflineLatency:
     def mixed_s(self, new_lens: Sequence[int], reused_lens: Sequence[int], batch: int, kv_len: int,
                 num_sms: int) -> float:
         return self.time_s(self.work(new_lens, reused_lens, batch, kv_len), num_sms)
+
+    def chunk_step_s(self, num_new: int, start_len: int, batch: int, kv_len: int, num_sms: int
+                     ) -> Callable[[int], float]:
+        """Step j of a multi-step chunked launch with `batch` > 0 decode tokens: mixed_s([num_new],
+        [start_len + j * num_new], batch, kv_len + j * batch, num_sms), the same arithmetic with what does
+        not change between steps (the GEMMs, the rates, the overheads) computed once."""
+        linear, lm_head, attn_pair, weights, activations, kv_per_token = self._consts  # type: ignore[attr-defined]
+        flops, bandwidth = self._rates_for(num_sms)
+        n, num_tokens = num_new, num_new + batch
+        gemm_c = (linear * num_tokens + lm_head * (1 + batch)) / (flops * self.gemm_efficiency(max(num_tokens, 1)))
+        gemm = max(gemm_c, (weights + activations * num_tokens) / bandwidth)
+        overhead_s, attention_rate, triangle = self._overhead_s(num_tokens), flops * self.attention_mfu, n * (n + 1) / 2
+
+        def step_s(j: int) -> float:  # work() and compute_memory_s(), inlined
+            r, kv = start_len + j * n, kv_len + j * batch
+            p_c = attn_pair * (n * r + triangle) / attention_rate  # causal_attention_pairs(n, r)
+            p_m = kv_per_token * (r + 2 * n + batch) / bandwidth
+            d_c, d_m = attn_pair * kv / attention_rate, kv_per_token * kv / bandwidth
+            attn_c = (p_c if p_c >= p_m else 0.0) + (d_c if d_c >= d_m else 0.0)
+            attn_m = (p_m if p_m > p_c else 0.0) + (d_m if d_m > d_c else 0.0)
+            return gemm + attn_c + attn_m + overhead_s
+        return step_s
 
 
 # ---- (b) the paper authors' public fits ---------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -75,6 +75,12 @@ class MeasuredLatency:
         self._lm_head: dict[int, tuple[list[float], list[float]]] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float]] = {}
         self._roofline = RooflineLatency(model, gpu)  # attention FLOPs and bytes per pair / token
+        # per-call constants and memos (the simulator asks for every step of every chunked launch); each
+        # memoised value is computed by the same expression as before, so times are bit-identical
+        self._flops_per_pair = model.attention_flops_per_pair
+        self._kv_bytes_per_token_layer = model.kv_bytes_per_token / model.num_layers
+        self._attention_rates: dict[int, tuple[float, float]] = {}  # num_sms -> (usable FLOP/s, bytes/s)
+        self._iteration_parts: dict[tuple[int, int, int], tuple[float, float, float]] = {}
 
     def _elementwise_s(self, table: OperatorTable) -> np.ndarray:
         src, tp = table.shape, self.model.tp
@@ -132,24 +138,31 @@ class MeasuredLatency:
         return ys[i - 1] + (m - xs[i - 1]) / (xs[i] - xs[i - 1]) * (ys[i] - ys[i - 1])
 
     # ---- attention and communication ------------------------------------------------------------------
+    def _attention_rate(self, num_sms: int) -> tuple[float, float]:
+        """(usable attention FLOP/s, usable attention bytes/s) on `num_sms` SMs."""
+        rates = self._attention_rates.get(num_sms)
+        if rates is None:
+            gpu = self.gpu
+            rates = (gpu.peak_flops * ATTENTION_MFU * gpu.compute_share(num_sms),
+                     gpu.hbm_bytes_per_s * ATTENTION_MBU * gpu.bandwidth_share(num_sms))
+            self._attention_rates[num_sms] = rates
+        return rates
+
     def _prefill_attention_s(self, new_lens: Sequence[int], reused_lens: Sequence[int], num_sms: int) -> float:
         """One layer, all chunks: each chunk's kernel bound time, slowed by its context, plus the floor."""
-        m, gpu = self.model, self.gpu
-        flops = gpu.peak_flops * ATTENTION_MFU * gpu.compute_share(num_sms)
-        bandwidth = gpu.hbm_bytes_per_s * ATTENTION_MBU * gpu.bandwidth_share(num_sms)
-        per_token_layer = m.kv_bytes_per_token / m.num_layers
+        flops, bandwidth = self._attention_rate(num_sms)
+        flops_per_pair, per_token_layer = self._flops_per_pair, self._kv_bytes_per_token_layer
         total = ATTENTION_FLOOR_S
         for n, r in zip(new_lens, reused_lens):
-            compute = m.attention_flops_per_pair * causal_attention_pairs(n, r) / flops
+            compute = flops_per_pair * causal_attention_pairs(n, r) / flops
             memory = per_token_layer * (r + 2 * n) / bandwidth
             total += max(compute, memory) * (1.0 + (r + n) / LONG_CONTEXT_TOKENS)
         return total
 
     def _decode_attention_s(self, kv_len: int, num_sms: int) -> float:
-        m, gpu = self.model, self.gpu
-        compute = m.attention_flops_per_pair * kv_len / (gpu.peak_flops * ATTENTION_MFU * gpu.compute_share(num_sms))
-        memory = m.kv_bytes_per_token / m.num_layers * kv_len / (
-            gpu.hbm_bytes_per_s * ATTENTION_MBU * gpu.bandwidth_share(num_sms))
+        flops, bandwidth = self._attention_rate(num_sms)
+        compute = self._flops_per_pair * kv_len / flops
+        memory = self._kv_bytes_per_token_layer * kv_len / bandwidth
         return ATTENTION_FLOOR_S + max(compute, memory)
 
     def _all_reduce_s(self, num_tokens: int) -> float:
@@ -159,11 +172,20 @@ class MeasuredLatency:
 
     def iteration_s(self, num_tokens: int, num_seqs: int, attention_s: float, num_sms: int) -> float:
         """All layers of `num_tokens` tokens with `attention_s` of attention per layer, LM head on `num_seqs`."""
-        num_sms = min(num_sms, self.gpu.num_sms)
-        layer = self._lookup(self._layer_curve(num_sms), num_tokens) + self._all_reduce_s(num_tokens)
-        emb = self._lookup(self._emb, num_tokens) if num_tokens else 0.0
-        lm_head = self._lookup(self._lm_head_curve(num_sms), num_seqs) if num_seqs else 0.0
+        layer, lm_head, emb = self._iteration_parts_s(num_tokens, num_seqs, num_sms)
         return self.model.num_layers * (layer + attention_s) + lm_head + emb + STEP_OVERHEAD_S
+
+    def _iteration_parts_s(self, num_tokens: int, num_seqs: int, num_sms: int) -> tuple[float, float, float]:
+        """(per-layer time besides attention, LM head, embedding) of an iteration, memoised by shape."""
+        key = (num_tokens, num_seqs, num_sms)
+        parts = self._iteration_parts.get(key)
+        if parts is None:
+            num_sms = min(num_sms, self.gpu.num_sms)
+            layer = self._lookup(self._layer_curve(num_sms), num_tokens) + self._all_reduce_s(num_tokens)
+            emb = self._lookup(self._emb, num_tokens) if num_tokens else 0.0
+            lm_head = self._lookup(self._lm_head_curve(num_sms), num_seqs) if num_seqs else 0.0
+            parts = self._iteration_parts[key] = (layer, lm_head, emb)
+        return parts
 
     # ---- LatencySource ---------------------------------------------------------------------------------
     def prefill_s(self, new_lens: Sequence[int], reused_lens: Sequence[int], num_sms: int) -> float:
@@ -187,3 +209,22 @@ class MeasuredLatency:
         if batch:
             attention += self._decode_attention_s(kv_len, num_sms)
         return self.iteration_s(sum(new_lens) + batch, len(new_lens) + batch, attention, num_sms)
+
+    def chunk_step_s(self, num_new: int, start_len: int, batch: int, kv_len: int, num_sms: int
+                     ) -> Callable[[int], float]:
+        """Step j of a multi-step chunked launch with `batch` > 0 decode tokens: mixed_s([num_new],
+        [start_len + j * num_new], batch, kv_len + j * batch, num_sms), the same arithmetic with the
+        per-launch constants bound once (sim.gpu_instance asks for every step of every such launch)."""
+        flops, bandwidth = self._attention_rate(num_sms)
+        flops_per_pair, per_token_layer = self._flops_per_pair, self._kv_bytes_per_token_layer
+        layer, lm_head, emb = self._iteration_parts_s(num_new + batch, 1 + batch, num_sms)
+        num_layers, n, triangle = self.model.num_layers, num_new, num_new * (num_new + 1) / 2
+
+        def step_s(j: int) -> float:
+            r, kv = start_len + j * n, kv_len + j * batch
+            compute = flops_per_pair * (n * r + triangle) / flops  # causal_attention_pairs(n, r)
+            memory = per_token_layer * (r + 2 * n) / bandwidth
+            attention = ATTENTION_FLOOR_S + max(compute, memory) * (1.0 + (r + n) / LONG_CONTEXT_TOKENS)
+            attention += ATTENTION_FLOOR_S + max(flops_per_pair * kv / flops, per_token_layer * kv / bandwidth)
+            return num_layers * (layer + attention) + lm_head + emb + STEP_OVERHEAD_S
+        return step_s

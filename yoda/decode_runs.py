@@ -62,29 +62,42 @@ class MultiStepDecode:
         (`_release_unused_growth`), so every decision sees the KV of single steps."""
         clock, bs, kv, heap = self.step_clock[0], self.config.block_size, self.kv, self._grow_heap
         end = clock + steps
-        popped = []
-        while heap and heap[0][0] < end:
-            popped.append(heapq.heappop(heap))
-        # each request's KV up to the last token it writes in the run (a request that finishes leaves it)
-        due = {e[3]: e[3].context_len + min(steps, self._finish_step(e[3]) - clock) - 1
-               for e in popped if e[2] == e[3].epoch and e[3].step_clock is not None}  # ordered, unique
-        need = sum(max(0, -(-upto // bs) - len(kv.block_table(s.id))) for s, upto in due.items())
+        # each request's KV up to the last token it writes in the run (a request that finishes leaves it);
+        # a scan, not pops: where the blocks cannot be reserved the heap stays as it is
+        due: dict = {}
+        for e in heap:
+            state = e[3]
+            if e[0] < end and e[2] == state.epoch and state.step_clock is not None:
+                # context_len + min(steps, _finish_step - clock) - 1, inlined (this loop is hot)
+                request, generated, joined = state.request, state.generated_base, state.join_step
+                due[state] = (request.prompt_len + generated + clock - joined
+                              + min(steps, joined + request.output_len - generated - clock) - 1)
+        tables = kv._tables  # block_table(), inlined
+        need = sum(max(0, -(-upto // bs) - len(tables[s.request.request_id])) for s, upto in due.items())
         if need > kv.num_empty_blocks:
-            for entry in popped:
-                heapq.heappush(heap, entry)
             return heap[0][0] - clock
-        for state in sorted(due, key=lambda s: s.order):  # deterministic block ids
-            self._run_growth.append((state, state.epoch, len(kv.block_table(state.id))))
-            kv.extend(state.id, due[state])
+        # NOTE: the heap's pop order depends only on its entries (distinct (step, order, epoch) keys), so
+        # rebuilding it without the reserved crossings pops the rest as popping them one by one would
+        heap[:] = [e for e in heap if e[0] >= end]
+        heapq.heapify(heap)
+        ordered = sorted(due, key=lambda s: s.order)  # deterministic block ids
+        self._run_growth.extend((s, s.epoch, len(tables[s.request.request_id])) for s in ordered)
+        kv.extend_many([(s.request.request_id, due[s]) for s in ordered])
         return steps
 
     def _release_unused_growth(self) -> None:
         """After a decode run: each request keeps the blocks one-step launches would hold by now (those it
         had, or enough for the tokens written so far) and gives back the rest, then notes its next crossing."""
-        bs, kv = self.config.block_size, self.kv
+        bs, kv, clock, heap = self.config.block_size, self.kv, self.step_clock[0], self._grow_heap
+        tables = kv._tables  # block_table(), inlined
         for state, epoch, had in self._run_growth:
             if state.epoch != epoch or state.step_clock is None:
                 continue  # finished (or preempted) in the run: its blocks are gone
-            kv.truncate(state.id, max(had, -(-(state.context_len - 1) // bs)))
-            self._push_growth(state)
+            request, generated, joined = state.request, state.generated_base, state.join_step
+            context_len = request.prompt_len + generated + clock - joined
+            kv.truncate(request.request_id, max(had, -(-(context_len - 1) // bs)))
+            # _push_growth(state), inlined (this loop is hot)
+            step = clock + len(tables[request.request_id]) * bs - context_len + 1
+            if step < joined + request.output_len - generated:
+                heapq.heappush(heap, (step, state.order, epoch, state))
         self._run_growth.clear()

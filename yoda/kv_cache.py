@@ -153,6 +153,26 @@ class KVCache:
         self._num_tokens[seq_id] = max(num_tokens, self._num_tokens[seq_id])
         return new
 
+    def extend_many(self, grow_to: list[tuple[int, int]]) -> None:
+        """`extend(seq_id, num_tokens)` for each pair in order (the same block ids), in one pass when the
+        empty blocks cover them all (a multi-step decode run's reservation)."""
+        bs, tables, free = self.block_size, self._tables, self._free
+        needs = [-(-n // bs) - len(tables[seq]) for seq, n in grow_to]
+        if sum(k for k in needs if k > 0) > len(free):
+            for seq, n in grow_to:
+                self.extend(seq, n)
+            return
+        refcount, counts = self._refcount, self._num_tokens
+        for (seq, n), k in zip(grow_to, needs):
+            if k > 0:  # _pop_many(k), empty blocks only: low ids first
+                taken = free[len(free) - k:]
+                del free[len(free) - k:]
+                taken.reverse()
+                for b in taken:
+                    refcount[b] = 1
+                tables[seq].extend(taken)
+            counts[seq] = max(n, counts[seq])
+
     def truncate(self, seq_id: int, num_blocks: int) -> None:
         """Give back the sequence's blocks past its first `num_blocks` (decode growth reserved and not
         used). They must be its own: past its prompt's keyed blocks and past the tokens it has written."""

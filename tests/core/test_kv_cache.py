@@ -265,6 +265,27 @@ def test_extend_and_has_room():
     c.check_invariants()
 
 
+@pytest.mark.parametrize("num_blocks", [10, 16])  # 10: the empty blocks run out (evicts, as extend does)
+def test_extend_many_is_successive_extends(num_blocks):
+    def cache():
+        c = KVCache(num_blocks, 4)
+        c.allocate(9, 8, chain=[101, 102])
+        c.commit(9)
+        c.free(9)  # two cached blocks, evicted only when the empty ones run out
+        for seq, tokens in ((1, 3), (2, 5), (3, 1)):
+            c.allocate(seq, tokens)
+        return c
+    grow = [(1, 4), (2, 13), (3, 9), (1, 6)]
+    one, many = cache(), cache()
+    for seq, tokens in grow:
+        one.extend(seq, tokens)
+    many.extend_many(grow)
+    for seq in (1, 2, 3):
+        assert many.block_table(seq) == one.block_table(seq) and many.num_tokens(seq) == one.num_tokens(seq)
+    assert many.num_empty_blocks == one.num_empty_blocks and many.num_cached_blocks == one.num_cached_blocks
+    many.check_invariants()
+
+
 def test_duplicate_sequence_and_bad_sizes_raise():
     c = KVCache(4, 4)
     c.allocate(1, 4)

@@ -107,3 +107,16 @@ def test_sm_scaling_waves_and_bandwidth():
 def test_tables_for_each_family():
     assert [t.name for t in tables_for("h100")] == ["h100_llama-2-7b", "h100_llama-2-70b"]
     assert 0.0 < OperatorTable("a100_llama-3-8b").relative_spread() < 0.2
+
+
+@pytest.mark.parametrize("source", ["measured", "roofline"])
+@pytest.mark.parametrize("tp", [1, 2])
+def test_chunk_step_s_is_mixed_s_exactly(source, tp):
+    """The simulator's per-step form of a chunked launch gives mixed_s's times to the last bit."""
+    from sim.latency import RooflineLatency
+    model, gpu = get_model("llama3-8b", tp=tp), GPUS["h100"]
+    latency = MeasuredLatency(model, gpu) if source == "measured" else RooflineLatency(model, gpu)
+    for n, start, b, kv, sms in ((512, 0, 3, 900, 132), (256, 40000, 64, 200_000, 96), (1, 7, 1, 5, 8)):
+        step_s = latency.chunk_step_s(n, start, b, kv, sms)
+        for j in (0, 1, 5, 63):
+            assert step_s(j) == latency.mixed_s([n], [start + j * n], b, kv + j * b, sms)
