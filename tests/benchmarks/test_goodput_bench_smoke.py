@@ -1,11 +1,13 @@
 """The goodput benchmark end to end on a tiny setting: tuned cells for both admission layers, tables with
 intervals, the admission columns and the tuned configs."""
-from benchmarks.goodput_vs_baselines import Setup, make_cells, summarise
+import json
+
+from benchmarks.goodput_vs_baselines import SETUPS, Setup, make_cells, replot, summarise
 from sim.tuning import num_searches, run_tuning
 
 
-def test_tiny_benchmark_tables_show_intervals_admission_and_configs():
-    setup = Setup("1xH100 Llama-3-8B", "llama3-8b", 1, 1, 50, 1000, 0.25, ("yoda", "chunked"))
+def test_tiny_benchmark_tables_show_intervals_admission_and_configs(tmp_path):
+    setup = Setup(SETUPS[0].name, "llama3-8b", 1, 1, 50, 1000, 0.25, ("yoda", "chunked"))
     cells, keys = make_cells([setup], ["sharegpt_like"], (0, 1), 20, 40, 10.0, 1, with_ablations=False)
     assert [k[2] for k in keys] == ["yoda", "chunked"] and all(len(c.seeds) == 2 for c in cells)
     done = []
@@ -23,3 +25,7 @@ def test_tiny_benchmark_tables_show_intervals_admission_and_configs():
         assert low <= r["goodput_rps"] <= high and f"{r['goodput_rps']:.3f} [" in text
     assert set(summary[setup.name]["goodput"]["sharegpt_like"]) == {
         "yoda (deadline)", "yoda (fcfs)", "chunked (fcfs)", "chunked (deadline)"}
+    # the plot is redrawn from the run's JSON alone (--replot)
+    (tmp_path / "run.json").write_text(json.dumps({"rows": rows}, default=str))
+    png = replot(tmp_path / "run.json")
+    assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
