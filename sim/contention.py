@@ -50,6 +50,11 @@ def share_bandwidth(demand_a: float, demand_b: float, capacity: float) -> tuple[
     return capacity - small, small
 
 
+
+def _demand(memory_bound: float, usable_bytes_per_s: float, gpu: GpuSpec, num_sms: int) -> float:
+    """HBM bytes per second of a lane that is `memory_bound` (0..1) alone on `num_sms` SMs."""
+    return memory_bound * usable_bytes_per_s * gpu.bandwidth_share(num_sms)
+
 @dataclass
 class ContentionModel:
     max_slowdown: float | None = None  # None: gpu.max_contention_slowdown
@@ -88,9 +93,8 @@ class ContentionModel:
         sensitivity_a, pressure_a, memory_bound_a = self._lane(a, gpu, model)
         sensitivity_b, pressure_b, memory_bound_b = self._lane(b, gpu, model)
         usable = self.usable_bytes_per_s(gpu)
-        # demand_bytes_per_s of each, from the profiles already looked up
-        demand_a = memory_bound_a * usable * gpu.bandwidth_share(a.num_sms)
-        demand_b = memory_bound_b * usable * gpu.bandwidth_share(b.num_sms)
+        demand_a = _demand(memory_bound_a, usable, gpu, a.num_sms)  # from the profiles already looked up
+        demand_b = _demand(memory_bound_b, usable, gpu, b.num_sms)
         got_a, got_b = share_bandwidth(demand_a, demand_b, usable)
         slow_a = max(1.0 + cap * sensitivity_a * pressure_b, demand_a / got_a if got_a > 0 else 1.0)
         slow_b = max(1.0 + cap * sensitivity_b * pressure_a, demand_b / got_b if got_b > 0 else 1.0)
@@ -103,8 +107,7 @@ class ContentionModel:
 
     def demand_bytes_per_s(self, launch: Launch, gpu: GpuSpec, model: ModelSpec) -> float:
         """HBM bytes per second `launch` moves running alone on its partition (roofline)."""
-        memory_bound = self._lane(launch, gpu, model)[2]
-        return memory_bound * self.usable_bytes_per_s(gpu) * gpu.bandwidth_share(launch.num_sms)
+        return _demand(self._lane(launch, gpu, model)[2], self.usable_bytes_per_s(gpu), gpu, launch.num_sms)
 
     def profile(self, launch: Launch, gpu: GpuSpec, model: ModelSpec) -> tuple[float, float]:
         """(sensitivity, pressure) of a launch, both in [0, 1]."""
