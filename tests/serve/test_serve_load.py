@@ -158,11 +158,15 @@ def test_preemption_and_aborts_under_kv_pressure_keep_greedy_outputs(policy):
 
 def test_queue_deadline_refuses_instead_of_serving_late(serve):
     """Past --max-queue-wait-s every request is answered 429 + Retry-After within its deadline + 1 s; none is
-    served later than that, and none is lost: arrived = served + refused."""
-    wait_s, n = 1.0, 60
+    served later than that, and none is lost: arrived = served + refused. The load does not depend on how fast
+    the machine is: 16 blocks of 16 tokens hold one 160-token request at a time (two only when both prompts are
+    short), so serving all 100 takes over 10,000 forward passes, far past the 1 s deadline anywhere; the queue
+    expires at the deadline, so the test still ends in about 2 s."""
+    wait_s, n, max_tokens = 1.0, 100, 160
     with serve.ForkedServer(policy="chunked", kv_blocks=16, max_queue=1000, max_queue_wait_s=wait_s).start() as srv:
         serve.wait_healthy(srv.url)
-        requests = [(p, 24) for p, _ in _prompts(n, seed=2)]
+        requests = [(p, max_tokens) for p, _ in _prompts(n, seed=2)]
+        assert max(len(p) for p, _ in requests) + max_tokens <= 16 * 16  # each fits the KV cache alone
         results, _ = asyncio.run(_blast(srv.url, requests, max_connections=n))
         m = _metrics(srv.url)
     statuses = [r["status"] for r in results]
