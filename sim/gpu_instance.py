@@ -74,6 +74,7 @@ class GpuInstance:
         self._decision_pending = False
         self._rates_stale = False  # a lane ended and the other's rate is not re-derived yet
         self._version = 0
+        self._wakeup_version = 0  # a scheduler wakeup (scheduler.wakeup_at) armed before the last decision is stale
         self.busy_s = 0.0
         self.check_every = check_every
         self.timeline = Timeline([], [], [], [], [], [], []) if record_timeline else None
@@ -116,6 +117,7 @@ class GpuInstance:
         if not launches:
             if self._rates_stale:
                 self._retime()
+            self._arm_wakeup()
             return
         for launch in launches:
             if launch.lane in self.running:
@@ -139,6 +141,23 @@ class GpuInstance:
         if used > self.gpu.num_sms:
             raise RuntimeError(f"launches use {used} SMs, GPU has {self.gpu.num_sms}")
         self._retime()
+        self._arm_wakeup()
+
+    def _arm_wakeup(self) -> None:
+        """While a multi-step launch runs, stop it at the first step boundary after the time the scheduler
+        may decide differently by itself (a TTFT deadline passing): one-step launches would have asked it
+        then. One wakeup at a time: each decision re-arms it."""
+        self._wakeup_version += 1
+        if not any(r.launch.num_steps > 1 for r in self.running.values()):
+            return
+        at = self.scheduler.wakeup_at(self.env.now)
+        if at is not None:
+            self.env.timeout(max(at - self.env.now, 0.0)).callbacks.append(
+                partial(self._wake, self._wakeup_version))
+
+    def _wake(self, version: int, _event) -> None:
+        if version == self._wakeup_version:
+            self._cut_runs([lane for lane, r in self.running.items() if r.launch.num_steps > 1])
 
     def _step_ends_solo(self, launch: Launch) -> tuple[list[float], deque | None, float]:
         """Cumulative solo time at each step end of a multi-step launch (some of them: see _Running.later)

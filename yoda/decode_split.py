@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import math
 
+KV_BUCKET_MASK = 1023  # the split and mix memos keep one answer per 1K tokens of decode KV
+
 
 class DecodeSplit:
     def choose_decode_sms(self, batch_size: int, kv_len: int, prefill_busy_sms: int, now: float = 0.0) -> int:
@@ -78,12 +80,15 @@ class DecodeSplit:
         return min(self.menu.usable_sms, math.ceil(need * self.opts.ttft_safety * self.config.num_sms))
 
     def _fewest_decode_sms(self, batch_size: int, kv_len: int, pn: int, pr: int) -> int | None:
-        # memoised on the guard's grid cell and 1K of KV: the answer changes only across those steps
+        # memoised on the guard's grid cell and 1K of KV, and priced at the most KV of that 1K (a pure function
+        # of the key: the answer does not depend on which step asked first, so multi-step runs decide as
+        # single steps do; the bound is the safe side for the TBT target)
         key = (batch_size, kv_len >> 10, pn, pr)
         if key not in self._split_memo:
             if len(self._split_memo) > 65536:
                 self._split_memo.clear()
-            target = self.slo.tbt_s * self.opts.tbt_margin
+            target, kv_bound = self.slo.tbt_s * self.opts.tbt_margin, kv_len | KV_BUCKET_MASK
             self._split_memo[key] = next((d for d in self._split_sizes
-                                          if self.est.decode_guarded_s(batch_size, kv_len, d, pn, pr) <= target), None)
+                                          if self.est.decode_guarded_s(batch_size, kv_bound, d, pn, pr) <= target),
+                                         None)
         return self._split_memo[key]

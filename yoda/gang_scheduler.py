@@ -128,6 +128,7 @@ class GangScheduler(DecodeSplit, SlackAdmission, Piggyback, PrefillPreemption, S
     def schedule(self, now: float, busy: dict[str, Launch]) -> Sequence[Launch]:
         if not self.opts.query_merge and busy:
             return []
+        self._sweep_late(now)
         launches: list[Launch] = []
         decode = busy.get(DECODE)
         if decode is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 
 from yoda.backend import DECODE, Launch
+from yoda.decode_split import KV_BUCKET_MASK
 
 
 class Piggyback:
@@ -36,12 +37,14 @@ class Piggyback:
         return self.prefill_launch(job.chunks, self.config.num_sms, DECODE, batch=batch)
 
     def _mix_budget(self, batch_size: int, kv_len: int) -> int:
+        # memoised per 1K of KV and priced at the most KV of that 1K, as `_fewest_decode_sms` is
         key = (batch_size, kv_len >> 10)
         if key not in self._mix_memo:
             if len(self._mix_memo) > 65536:
                 self._mix_memo.clear()
             target, sms = self.slo.tbt_s * self.opts.tbt_margin, self.config.num_sms
+            kv_bound = kv_len | KV_BUCKET_MASK
             fits = [t for t in (64, 128, 256, 512, 1024, 2048)
-                    if self.est.mixed_s([t], [0], batch_size, kv_len, sms) <= target]
+                    if self.est.mixed_s([t], [0], batch_size, kv_bound, sms) <= target]
             self._mix_memo[key] = min(max(fits, default=0), self.opts.piggyback_tokens)
         return self._mix_memo[key]

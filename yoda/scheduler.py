@@ -129,6 +129,13 @@ class SchedulerCore(MultiStepDecode):
         request arrives, so that this scheduler decides again (by default: yes)."""
         return True
 
+    def wakeup_at(self, now: float) -> float | None:
+        """The time after `now` from which this scheduler may decide differently with no event in between (no
+        arrival, no launch ending), or None: a waiting request's TTFT deadline passing moves it behind those
+        that can still make theirs. A backend stops a multi-unit launch at its first unit boundary after it,
+        so several steps in one launch decide as single steps do (by default: never)."""
+        return None
+
     def completion_cuts(self) -> bool:
         """Whether a backend should stop a multi-unit launch at its next unit boundary when a launch that
         completes prefill chunks ends: when a request waits to join the decode batch, or no prefill work

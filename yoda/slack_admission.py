@@ -36,6 +36,21 @@ class SlackAdmission:
         deadline = self._deadline(state)
         return (deadline - now < self._solo_prefill_s(state), deadline, state.order)
 
+    def _sweep_late(self, now: float) -> None:
+        """Move the waiting requests that already missed their TTFT to `late` (deadline order: from the head).
+        Called at every decision point, not only when admitting: what a decision sees then depends on the
+        time alone, not on how many decisions came before (a multi-step decode run decides as single steps)."""
+        if self.admission == "fcfs":
+            return
+        while self.waiting and self._deadline(self.waiting[0]) < now and self.waiting[0].num_generated == 0:
+            self.late.append(self.waiting.popleft())
+
+    def wakeup_at(self, now: float) -> float | None:
+        # the queue's order changes between decisions only at the tail (arrivals): the head's deadline is next
+        if self.admission == "fcfs" or not self.waiting or self.waiting[0].num_generated:
+            return None
+        return self._deadline(self.waiting[0])
+
     def _admit_by_slack(self, now: float, max_requests: int, token_budget: int,
                         ahead_of: tuple | None = None) -> None:
         """Admit in TTFT-deadline order; requests that already missed their TTFT wait in `late` and go
@@ -46,8 +61,7 @@ class SlackAdmission:
         would go first, so they are admitted even when the admitted prompts fill the next job (unless an
         admitted prefill is computing their next prefix blocks: admitted now, they would compute them again)."""
         edf = self.admission != "fcfs"
-        while edf and self.waiting and self._deadline(self.waiting[0]) < now and self.waiting[0].num_generated == 0:
-            self.late.append(self.waiting.popleft())
+        self._sweep_late(now)
         if edf and self.slo.ttft_ms_per_token > 0 and len(self.waiting) > 1:
             head = sorted(itertools.islice(self.waiting, self.NEED_SCAN),
                           key=lambda s: edf_key(self._deadline(s), now, s.order))
@@ -162,6 +176,12 @@ class DeadlineAdmission(SchedulerCore):
 
     def deadline_of(self, state: RequestState) -> float:
         return state.request.arrival_at + self.slo.ttft_target_s(state.request.prompt_len)
+
+    def wakeup_at(self, now: float) -> float | None:
+        # as SlackAdmission.wakeup_at: the head's deadline sends it to `late` at the next admission
+        if self.admission == "fcfs" or not self.waiting or self.waiting[0].num_generated:
+            return None
+        return self.deadline_of(self.waiting[0])
 
     def prefill_order(self, states: Iterable[RequestState], now: float) -> list[RequestState]:
         """Admitted prefills in the order they get prefill chunks: as given (FCFS), or by deadline."""

@@ -1,15 +1,17 @@
 """Multi-step decode runs (max_decode_steps > 1) are a simulation speed-up only: for every policy whose
 decisions do not depend on how many steps a launch covers, the records equal those of one-step launches,
 also when KV is tight (growth reserved for a run is given back when the run is cut short)."""
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from sim.run import SimConfig, simulate
 from yoda.request import Request
 
 # Yoda's default gangs (several decode steps beside a prefill, deciding less often) are a policy choice;
-# with one-step gangs it decides as one-step launches do
+# with one-step gangs it decides as one-step launches do. "+deadline": the baseline with Yoda's admission
+# layer, whose order changes when a deadline passes (the backend stops a run then: wakeup_at)
 POLICIES = {"chunked": {"token_budget": 256}, "prefill_first": {}, "static_split": {}, "temporal": {},
-            "yoda": {"gang_steps": 1}}
+            "yoda": {"gang_steps": 1}, "chunked+deadline": {"token_budget": 256, "admission": "deadline"},
+            "prefill_first+deadline": {"admission": "deadline"}}
 
 
 @st.composite
@@ -28,13 +30,26 @@ def traces(draw):
 
 
 def _records(requests, policy, kv_blocks, steps):
-    cfg = SimConfig(policy=policy, kv_blocks=kv_blocks, block_size=16, max_batch=8, record_timeline=False,
-                    check_every=1, max_decode_steps=steps, policy_options=POLICIES[policy])
+    cfg = SimConfig(policy=policy.split("+")[0], kv_blocks=kv_blocks, block_size=16, max_batch=8,
+                    record_timeline=False, check_every=1, max_decode_steps=steps, policy_options=POLICIES[policy])
     return simulate(requests, cfg).records
+
+
+# found by hypothesis (stop 14): request 11 missed its TTFT while a decode run went on; single steps had
+# moved it to the late queue at an intermediate step, the run's end saw it still waiting (and piggybacked it)
+LATE_DURING_A_RUN = [Request(i, 0.0, p, o, hash_block_size=16) for i, (p, o) in enumerate(
+    [(1, 1), (1, 1), (500, 104), (1, 1), (293, 72), (320, 44)] + [(1, 1)] * 5 + [(193, 1)])]
+
+# ... and a deadline passing while a decode run goes on with no event at all (until the backend stopped runs
+# at the scheduler's wakeup_at, request 0's token times differed)
+DEADLINE_WITHOUT_EVENT = [Request(i, at, p, o, hash_block_size=16) for i, (at, p, o) in enumerate(
+    [(0.0, 1, 91), (0.0, 1, 34), (0.0, 17, 109), (0.0, 65, 13), (0.25, 1, 45)])]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(traces(), st.sampled_from(sorted(POLICIES)), st.integers(0, 60))
+@example(LATE_DURING_A_RUN, "yoda", 16)
+@example(DEADLINE_WITHOUT_EVENT, "yoda", 0)
 def test_multi_step_records_equal_single_step_records(requests, policy, spare_blocks):
     # from a cache that just fits the largest request to a roomy one
     kv_blocks = max(-(-(r.prompt_len + r.output_len) // 16) for r in requests) + spare_blocks
