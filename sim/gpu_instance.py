@@ -61,6 +61,10 @@ class _Running:
     def drained_at(self, now: float) -> float:
         return self.total_s - (self.remaining_s - (now - self.updated_at) * self.rate)
 
+    def ends_at(self, now: float) -> float:
+        """When it ends at its rate of now (a rate changes only at a decision, which re-arms the wakeup)."""
+        return now + (self.remaining_s - (now - self.updated_at) * self.rate) / self.rate
+
 
 
 
@@ -74,7 +78,8 @@ class GpuInstance:
         self._decision_pending = False
         self._rates_stale = False  # a lane ended and the other's rate is not re-derived yet
         self._version = 0
-        self._wakeup_version = 0  # a scheduler wakeup (scheduler.wakeup_at) armed before the last decision is stale
+        self._wakeup_version = 0  # a wakeup armed (scheduler.wakeup_at) under another version is stale
+        self._wakeup_at: float | None = None  # the time of the wakeup armed now
         self.busy_s = 0.0
         self.check_every = check_every
         self.timeline = Timeline([], [], [], [], [], [], []) if record_timeline else None
@@ -146,17 +151,22 @@ class GpuInstance:
     def _arm_wakeup(self) -> None:
         """While a multi-step launch runs, stop it at the first step boundary after the time the scheduler
         may decide differently by itself (a TTFT deadline passing): one-step launches would have asked it
-        then. One wakeup at a time: each decision re-arms it."""
+        then. One wakeup at a time: each decision re-arms it (none when the runs end before it)."""
+        now = self.env.now
+        ends = [r.ends_at(now) for r in self.running.values() if r.launch.num_steps > 1]
+        at = self.scheduler.wakeup_at(now) if ends else None
+        if at is not None and at >= max(ends):
+            at = None
+        if at == self._wakeup_at:
+            return  # the armed one stands (or none is needed)
         self._wakeup_version += 1
-        if not any(r.launch.num_steps > 1 for r in self.running.values()):
-            return
-        at = self.scheduler.wakeup_at(self.env.now)
+        self._wakeup_at = at
         if at is not None:
-            self.env.timeout(max(at - self.env.now, 0.0)).callbacks.append(
-                partial(self._wake, self._wakeup_version))
+            self.env.timeout(max(at - now, 0.0)).callbacks.append(partial(self._wake, self._wakeup_version))
 
     def _wake(self, version: int, _event) -> None:
         if version == self._wakeup_version:
+            self._wakeup_at = None
             self._cut_runs([lane for lane, r in self.running.items() if r.launch.num_steps > 1])
 
     def _step_ends_solo(self, launch: Launch) -> tuple[list[float], deque | None, float]:
