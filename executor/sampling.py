@@ -1,12 +1,14 @@
-"""Per-request sampling: penalties, temperature, top-k, top-p, min-p, seeds, and the logprobs to return.
+"""Per-request sampling: min-tokens, penalties, temperature, top-k, top-p, min-p, seeds, and the logprobs to
+return.
 
     params = SamplingParams(temperature=0.8, top_p=0.9, seed=7, num_logprobs=2)
     out = sample(logits, [params], histories=[token_ids], prompt_lens=[prompt_len], generator=g)
     out.tokens            # [N] int64
     out.logprobs          # None, or (chosen [N], top_ids [N, k], top_logprobs [N, k]) of the raw model logprobs
 
-Order (vLLM's): repetition, frequency and presence penalties on the raw logits, then temperature, then the
-top-k, top-p and min-p filters, then a draw. Temperature 0 is greedy (argmax after penalties).
+Order (vLLM's): the stop ids banned before `min_tokens` output tokens (EOS and `stop_token_ids`: they cannot
+be drawn, as vLLM's min-tokens processor and transformers' MinNewTokensLengthLogitsProcessor do), repetition,
+frequency and presence penalties, then temperature, then the top-k, top-p and min-p filters, then a draw. Temperature 0 is greedy (argmax after penalties).
 A seeded row draws from a generator seeded with (seed, sequence length), so a request's text depends on its
 seed alone: not on batch neighbours, arrival order or a recompute preemption. Unseeded rows share `generator`.
 Returned logprobs are log-softmax of the logits before any penalty or filter (vLLM's default).
@@ -32,12 +34,15 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     num_logprobs: int | None = None  # None: no logprobs; k >= 0: the chosen token's and the k most likely
+    min_tokens: int = 0  # before this many output tokens the ids below cannot be drawn
+    min_tokens_stop_ids: tuple[int, ...] = ()  # EOS (unless ignored) and the request's stop_token_ids
 
     def __post_init__(self) -> None:
         checks = [(self.temperature >= 0, "temperature must be >= 0"), (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
                   (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
                   (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-                  (self.num_logprobs is None or self.num_logprobs >= 0, "num_logprobs must be >= 0")]
+                  (self.num_logprobs is None or self.num_logprobs >= 0, "num_logprobs must be >= 0"),
+                  (self.min_tokens >= 0, "min_tokens must be >= 0")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"{message}, got {self}")
@@ -76,6 +81,20 @@ def apply_penalties(logits: torch.Tensor, params: Sequence[SamplingParams], hist
     return out
 
 
+def ban_stops_before_min_tokens(logits: torch.Tensor, params: Sequence[SamplingParams],
+                                histories: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> torch.Tensor:
+    """logits [N, V], with -inf at each row's `min_tokens_stop_ids` while it has fewer than `min_tokens`
+    output tokens (a new tensor where a row changes; `logits` itself otherwise)."""
+    rows = [i for i, p in enumerate(params)
+            if p.min_tokens_stop_ids and len(histories[i]) - prompt_lens[i] < p.min_tokens]
+    if not rows:
+        return logits
+    out = logits.clone()
+    for i in rows:
+        out[i, torch.tensor(params[i].min_tokens_stop_ids, dtype=torch.int64, device=out.device)] = float("-inf")
+    return out
+
+
 def filtered_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
     """[N, V] probabilities after temperature, top-k, top-p and min-p (rows at temperature 0: one-hot argmax)."""
     temps = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=logits.device)
@@ -107,8 +126,9 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], histories: Se
     """logits [N, V] fp32; histories[i]: row i's tokens so far (prompt then output). Does not modify logits."""
     if len(params) != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} logits rows but {len(params)} sampling params")
-    penalised = apply_penalties(logits, params, histories, prompt_lens) if any(p.has_penalties for p in params) \
-        else logits
+    allowed = ban_stops_before_min_tokens(logits, params, histories, prompt_lens)
+    penalised = apply_penalties(allowed, params, histories, prompt_lens) if any(p.has_penalties for p in params) \
+        else allowed
     tokens = penalised.argmax(dim=-1)
     sampled = [i for i, p in enumerate(params) if p.temperature > 0]
     if sampled:

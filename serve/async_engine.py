@@ -163,6 +163,8 @@ class AsyncEngine:
             raise ValueError("prompt and max_tokens must fit the model context")  # handlers check first
         if not isinstance(sampling, SamplingParams):
             sampling = SamplingParams(temperature=float(sampling or 0.0))
+        if min_tokens and stop_ids:  # the sampler cannot draw a stop id before min_tokens (vLLM's semantics)
+            sampling = replace(sampling, min_tokens=min_tokens, min_tokens_stop_ids=tuple(sorted(set(stop_ids))))
         now = self.now()
         sub = Submission(self._next_id, list(prompt_ids), max_tokens, sampling, frozenset(stop_ids), now,
                          now + self._max_wait_s(len(prompt_ids)), min_tokens)
@@ -407,7 +409,9 @@ class AsyncEngine:
         kept = (prior + self.engine.output_tokens(rid))[:state.num_generated]
         kept_lps = (prior_lps + self.engine.output_logprobs(rid))[:state.num_generated]
         self.engine.free(rid)
-        self.engine.add_request(rid, sub.prompt_ids + kept, sub.sampling)
+        # the Engine counts output from its (longer) prompt: min_tokens counts what was already generated
+        sampling = replace(sub.sampling, min_tokens=max(sub.sampling.min_tokens - len(kept), 0))
+        self.engine.add_request(rid, sub.prompt_ids + kept, sampling)
         self._prior[rid] = (kept, kept_lps)
         self._engine_prompt_len[rid] = len(sub.prompt_ids) + len(kept)
         assert self._engine_prompt_len[rid] == state.target_len, "recompute length mismatch"

@@ -34,6 +34,8 @@ from serve.timeouts import within
 from yoda.request import Request
 
 BLOCK_SIZE = 16
+RESUMED_OPTIONS = ("temperature", "top_p", "top_k", "min_p", "seed", "repetition_penalty", "frequency_penalty",
+                   "presence_penalty", "stop", "stop_token_ids", "include_stop_str_in_output")
 MAX_SERVED_BLOCKS = 1 << 18  # per instance record of prompt blocks sent there (LRU)
 FAILURES_TO_DOWN = 2
 
@@ -230,8 +232,12 @@ class Router:
         out = {"model": body.get("model"), "prompt": st.prompt_ids + st.sent, "max_tokens": left, "stream": True,
                "stream_options": {"include_usage": True}, "return_token_ids": True,
                "ignore_eos": bool(body.get("ignore_eos", False))}
-        if body.get("temperature") is not None:
-            out["temperature"] = body["temperature"]
+        # the sampling options carry over: a seeded draw depends on (seed, sequence length), the same in the
+        # continuation; min_tokens counts the tokens already sent (frequency and presence penalties count
+        # those as prompt there, a known difference)
+        out.update({k: body[k] for k in RESUMED_OPTIONS if body.get(k) is not None})
+        if body.get("min_tokens"):
+            out["min_tokens"] = max(int(body["min_tokens"]) - len(st.sent), 0)
         return "/v1/completions", out
 
     async def _attempt(self, inst: Instance, path: str, body: dict, prompt_len: int):

@@ -1,10 +1,10 @@
 """executor/sampling.py against transformers' logits processors (the torch reference) and a per-token loop."""
 import torch
 from hypothesis import given, settings, strategies as st
-from transformers import (MinPLogitsWarper, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                          TopKLogitsWarper, TopPLogitsWarper)
+from transformers import (MinNewTokensLengthLogitsProcessor, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
+                          TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-from executor.sampling import SamplingParams, apply_penalties, filtered_probs, sample
+from executor.sampling import SamplingParams, apply_penalties, ban_stops_before_min_tokens, filtered_probs, sample
 
 VOCAB = 64
 
@@ -72,3 +72,30 @@ def test_logprobs_are_raw_model_logprobs_of_the_chosen_token():
     assert torch.allclose(chosen, ref.gather(-1, out.tokens[:, None])[:, 0])
     assert top_ids.shape == (3, 3) and torch.equal(top_ids, ref.topk(3).indices)
     assert torch.allclose(ref.exp().sum(-1), torch.ones(3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 6), st.integers(0, 8), st.integers(0, 8),
+       st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=4, unique=True), st.floats(0.0, 2.0))
+def test_min_tokens_bans_stop_ids_as_transformers_does(seed, prompt_len, num_output, min_tokens, stop_ids, temp):
+    """Before min_tokens output tokens no stop id can be drawn (greedy or sampled); from then on the row is
+    untouched. Logprobs stay those of the raw model."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, VOCAB, generator=g) * 3
+    logits[:, stop_ids[0]] = 50.0  # a stop id is every row's argmax
+    history = torch.randint(0, VOCAB, (prompt_len + num_output,), generator=g).tolist()
+    p = SamplingParams(temperature=temp, seed=seed, num_logprobs=0, min_tokens=min_tokens,
+                       min_tokens_stop_ids=tuple(stop_ids))
+    ours = ban_stops_before_min_tokens(logits, [p] * 3, [history] * 3, [prompt_len] * 3)
+    ref = MinNewTokensLengthLogitsProcessor(prompt_len, min_tokens, stop_ids)(
+        torch.tensor([history] * 3), logits.clone())
+    assert torch.equal(ours, ref)
+    out = sample(logits, [p] * 3, [history] * 3, [prompt_len] * 3)
+    if num_output < min_tokens:
+        assert not set(out.tokens.tolist()) & set(stop_ids)
+    else:  # untouched: the stop id's logit of 50 wins (others have probability below 1e-7 even at T=2)
+        assert out.tokens.tolist() == [stop_ids[0]] * 3
+    if temp == 0:  # greedy: the argmax of what is allowed
+        assert out.tokens.tolist() == ref.argmax(dim=-1).tolist()
+    raw = torch.log_softmax(logits, dim=-1).gather(-1, out.tokens[:, None])[:, 0]
+    assert torch.allclose(out.logprobs[0], raw)

@@ -156,6 +156,42 @@ def test_preemption_and_aborts_under_kv_pressure_keep_greedy_outputs(policy):
             assert tight_reasons[i] == "abort" and a == b[:len(a)] and len(a) < 30
 
 
+def test_min_tokens_survives_recompute_preemption():
+    """min_tokens bans the stop ids from the sampler (vLLM's semantics, not only from stop detection), and a
+    recompute preemption, which re-prefills prompt + output as a longer prompt, still counts the output
+    generated before it: with 14 KV blocks the outputs equal a roomy run's, and none stops before min_tokens."""
+    from serve.build import ServeOptions, build_server
+
+    rng = random.Random(7)
+    prompts = [[rng.randrange(512) for _ in range(rng.randrange(5, 60))] for _ in range(24)]
+    min_tokens = 12
+
+    async def run(kv_blocks: int, stop_ids: list[int], min_tokens: int) -> tuple[list[list[int]], int]:
+        server, _ = build_server(ServeOptions(policy="chunked", kv_blocks=kv_blocks, max_queue=1000, check_every=1))
+        engine = server.aengine
+        engine.start()
+        subs = [engine.submit(p, 24, stop_ids=stop_ids, min_tokens=min_tokens) for p in prompts]
+        await asyncio.gather(*(_drain(s) for s in subs))
+        preemptions = sum(r.num_preemptions for r in engine.sched.records)
+        await engine.stop()
+        return [s.output_ids for s in subs], preemptions
+
+    free, _ = asyncio.run(run(4096, [], 0))
+    # the token the free outputs produce most often before min_tokens: banned there, allowed after
+    early = [t for out in free for t in out[:min_tokens]]
+    stop = max(set(early), key=early.count)
+    roomy, _ = asyncio.run(run(4096, [stop], min_tokens))
+    tight, preemptions = asyncio.run(run(14, [stop], min_tokens))
+    assert preemptions > 5 and tight == roomy and roomy != free
+    assert all(stop not in out[:min_tokens] and len(out) >= min_tokens for out in roomy)
+    assert all(out[-1] == stop or len(out) == 24 for out in roomy)
+
+
+async def _drain(sub) -> None:
+    async for _ in sub.stream():
+        pass
+
+
 def test_queue_deadline_refuses_instead_of_serving_late(serve):
     """Past --max-queue-wait-s every request is answered 429 + Retry-After within its deadline + 1 s; none is
     served later than that, and none is lost: arrived = served + refused. The load does not depend on how fast

@@ -98,6 +98,23 @@ async def _greedy(url: str, prompts: list[list[int]]) -> list[list[int]]:
     return [r.json()["choices"][0]["token_ids"] for r in responses]
 
 
+def test_a_resumed_stream_keeps_its_sampling_options():
+    """The continuation after a mid-stream failure asks for prompt + sent tokens with the rest of max_tokens,
+    the same sampling options, and min_tokens less the tokens already sent."""
+    from serve.router import _StreamState
+
+    router = Router(["http://a", "http://b"], "round_robin")
+    body = {"model": "m", "prompt": [1, 2, 3], "max_tokens": 10, "seed": 7, "temperature": 0.8, "top_p": 0.9,
+            "stop_token_ids": [5], "min_tokens": 4, "stop": ["x"], "ignore_eos": True}
+    st = _StreamState(chat=False)
+    st.accept({"id": "c", "choices": [{"prompt_token_ids": [1, 2, 3], "token_ids": [9, 8, 7]}]}, resumed=False)
+    path, out = router._forward("/v1/completions", body, st)
+    assert path == "/v1/completions" and out["prompt"] == [1, 2, 3, 9, 8, 7] and out["max_tokens"] == 7
+    assert {k: out[k] for k in ("seed", "temperature", "top_p", "stop_token_ids", "stop", "ignore_eos")} == {
+        "seed": 7, "temperature": 0.8, "top_p": 0.9, "stop_token_ids": [5], "stop": ["x"], "ignore_eos": True}
+    assert out["min_tokens"] == 1
+
+
 def test_killing_an_instance_loses_no_request(serve):
     rng = random.Random(3)
     prompts = [[rng.randrange(512) for _ in range(rng.randrange(8, 60))] for _ in range(24)]
