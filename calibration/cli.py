@@ -28,7 +28,7 @@ def calibrate_cmd(
     backend: str = typer.Option("executor", "--backend", help="what to measure: executor"),
     model: str = typer.Option("tiny", "--model", help="built-in config name or config.json path"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
-    grid: str = typer.Option("coarse", "--grid", help="quick, coarse or full (see calibration/measure.py GRIDS)"),
+    grid: str = typer.Option("coarse", "--grid", help="quick, coarse or full (see calibration/bench.py GRIDS)"),
     num_layers: int | None = typer.Option(None, "--num-layers", help="measure only the first N layers (faster; "
                                           "serve with the same --num-layers)"),
     weights: str | None = WEIGHTS,

@@ -12,7 +12,7 @@ import statistics
 import time
 from typing import Iterator
 
-from calibration.measure import Bench, Grid
+from calibration.bench import Bench, Grid
 from executor.runner import SPIN_S
 from yoda.backend import PREFILL, Launch
 

@@ -16,6 +16,7 @@
     kernel_report.py    AOT-compile every launched Triton kernel for sm_90; registers, spills, shared memory
     fake_driver.py      cuda.bindings driver stand-in (real argument types checked) for the partition builder
     device_check.py     the GPU sections: device peaks, partitions, decode/prefill per partition, both lanes
+    gpu_check_report.py the GPU sections' results as markdown (gpu_check.md, under device_run.md's summary)
     device_run.py       the one device command: GPU sections, then short calibration and validation, <= 8 min
     runner.py           real-time trace replay driver (`yoda run --backend executor`); clocks.py: wall/CPU clocks
     cli.py              `yoda run`

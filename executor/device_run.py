@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from executor.gpu_check_report import sections_markdown
+
 # seconds each step may take at most (the H200 estimates: sections ~2-3 min of 8 layers of Llama-3-8B with
 # 8 partitions each way, the quick grid ~2-3 min with graph captures, a 24-request trace ~1 min)
 SECTIONS_S, CALIBRATE_S, VALIDATE_S = 170.0, 200.0, 100.0
@@ -50,7 +52,6 @@ def _subprocess_step(name: str, argv: list[str], timeout_s: float, out: Path, en
 
 
 def markdown(results: dict) -> str:
-    from executor.gpu_check import markdown as sections_markdown
 
     lines = ["# Device run", "", f"- versions: {results.get('versions')}",
              f"- wall: {results.get('wall_s', 0):.0f} s of {results['args']['budget_s']:.0f} s budget", ""]

@@ -9,18 +9,19 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import calibration.bench as bench
 import calibration.measure as measure
 from calibration.fit import best_of_rounds, gpu_spec, load_estimator, load_guards, profile_samples
 from executor.runner import open_backend
 from sim.profile_table import ProfileTableLatency, read_profile_table
 
 BUNDLED = Path(__file__).resolve().parents[2] / "calibration" / "profiles" / "cpu-tiny"
-TINY_GRID = measure.Grid((1, 16, 64, 128, 256), (0, 128), (1,), 512, (1, 4), (64, 256), 3)
+TINY_GRID = bench.Grid((1, 16, 64, 128, 256), (0, 128), (1,), 512, (1, 4), (64, 256), 3)
 
 
 @pytest.fixture
 def tiny_grid(monkeypatch):
-    monkeypatch.setitem(measure.GRIDS["cpu"], "tiny", TINY_GRID)
+    monkeypatch.setitem(bench.GRIDS["cpu"], "tiny", TINY_GRID)
     return "tiny"
 
 
@@ -54,13 +55,13 @@ def test_calibrate_writes_a_profile_and_resumes(tmp_path: Path, tiny_grid: str) 
 
 
 def test_fused_iterations_are_measured_and_fitted(tmp_path: Path, monkeypatch) -> None:
-    grid = measure.Grid((1, 64, 256), (0,), (1,), 512, (1, 2, 4, 8), (64, 128, 256), 2, mixed_new=(16, 64, 256))
-    monkeypatch.setitem(measure.GRIDS["cpu"], "tiny-mixed", grid)
+    grid = bench.Grid((1, 64, 256), (0,), (1,), 512, (1, 2, 4, 8), (64, 128, 256), 2, mixed_new=(16, 64, 256))
+    monkeypatch.setitem(bench.GRIDS["cpu"], "tiny-mixed", grid)
     summary = measure.calibrate(tmp_path / "p", open_backend("tiny"), "tiny-mixed", progress=False)
     rounds = pd.read_csv(tmp_path / "p" / "rounds.csv")
     mixed = rounds[rounds["phase"] == "mixed"]
     assert len(mixed) == 2 * 3 * 2 * 2 and (mixed["latency_s"] > 0).all()  # n x batch[::2] x context[::2] x rounds
-    assert (mixed["kv_len"] == mixed["batch"] * (mixed["context_len"] + 1 + (1 + measure.DECODE_STEPS) / 2)).all()
+    assert (mixed["kv_len"] == mixed["batch"] * (mixed["context_len"] + 1 + (1 + bench.DECODE_STEPS) / 2)).all()
     fit = json.loads((tmp_path / "p" / "fit.json").read_text())
     assert set(fit["mixed_coef"]) == {"132"} and "mixed" in {r["phase"] for r in summary["fit_reports"]}
     est = load_estimator(tmp_path / "p")

@@ -26,7 +26,7 @@ def test_exits_cleanly_without_cuda(tmp_path, capsys):
 
 
 def test_markdown_summary_of_partial_results():
-    from executor.gpu_check import markdown as _markdown
+    from executor.gpu_check_report import sections_markdown as _markdown
 
     results = {
         "args": {"model": "llama3-8b", "num_layers": 8}, "layer_scale": 4.0,

@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parents[2]
 BLOCKED = ("simpy", "fastapi", "uvicorn", "pydantic")
 BLOCK = "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in BLOCKED)
 EXECUTOR_MODULES = ("executor.engine", "executor.runner", "executor.partitions", "executor.triton_kernels",
-                    "executor.gpu_check", "executor.memory_plan", "executor.kernel_report", "executor.preflight",
-                    "executor.device_check", "executor.fake_driver", "executor.decode_graph", "executor.model")
-CALIBRATION_MODULES = ("calibration.cli", "calibration.measure", "calibration.device", "calibration.contention",
-                       "calibration.estimators", "calibration.fit")
+                    "executor.gpu_check", "executor.gpu_check_report", "executor.memory_plan", "executor.kernel_report",
+                    "executor.preflight", "executor.device_check", "executor.fake_driver", "executor.decode_graph", "executor.model")
+CALIBRATION_MODULES = ("calibration.cli", "calibration.bench", "calibration.measure", "calibration.device",
+                       "calibration.contention", "calibration.estimators", "calibration.fit")
 
 
 def run_blocked(code: str, *args: str) -> subprocess.CompletedProcess:
