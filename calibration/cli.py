@@ -15,9 +15,9 @@ from pathlib import Path
 
 import typer
 
-from sim.cli import (FORMAT, MAX_REQUESTS, OPTION, POLICY, SEED, SLO_PER_TOKEN, SLO_TBT, SLO_TTFT, TRACE, JSON_OUT,
-                     _OneLineErrors, _fail, _trace, _user_errors, policy_options)
-from sim.cli_errors import require_extra
+from sim.cli_errors import OneLineErrors, fail, require_extra, user_errors
+from sim.cli_options import (FORMAT, JSON_OUT, MAX_REQUESTS, OPTION, POLICY, SEED, SLO_PER_TOKEN, SLO_TBT, SLO_TTFT,
+                             TRACE, policy_options, trace_path)
 
 MODEL = typer.Option(None, "--model", help="built-in config name or config.json path (validate: default the "
                      "profile's model)")
@@ -40,14 +40,14 @@ def calibrate_cmd(
     """Measure solo prefill/decode latency per partition size (and on CUDA the both-lanes contention grid),
     write samples.csv, contention.csv, metadata.json, fit.json and latency.png into --out."""
     if backend != "executor":
-        _fail(f"--backend must be executor (the simulator needs no calibration), got {backend!r}")
-    with _user_errors():
+        fail(f"--backend must be executor (the simulator needs no calibration), got {backend!r}")
+    with user_errors():
         require_extra("yoda calibrate", "torch", "transformers")
     from calibration.measure import calibrate, grid_for
     from executor.runner import open_backend
     from sim.progress import stderr_is_terminal
 
-    with _user_errors():
+    with user_errors():
         if device not in ("cpu", "cuda") or clock not in ("cpu", "wall") or (reps is not None and reps < 1):
             raise ValueError("--device must be cpu or cuda, --clock cpu or wall, --reps >= 1")
         grid_for(device, grid)
@@ -99,17 +99,17 @@ def validate_cmd(
     """Serve a trace on the executor, replay the same requests in the simulator on the profile, and report
     per-request TTFT/TBT/E2E errors (median and P90), P99s side by side and both goodputs."""
     flags = {k: v for k, v in locals().items()}
-    with _user_errors():
+    with user_errors():
         require_extra("yoda validate", "torch", "transformers")
     from calibration.validate import ValidateConfig, validate, write_validation
     from executor.runner import clamp_lengths
     from sim.workloads import load_workload
     from yoda.request import SLO
 
-    with _user_errors():
+    with user_errors():
         if not (profile / "samples.csv").exists() and not (profile / "samples.parquet").exists():
             raise ValueError(f"--profile {profile} is not a calibration profile (no samples.csv)")
-        requests, desc = load_workload(_trace(flags), fmt, rate, None, "original", 1.0, seed, max_requests)
+        requests, desc = load_workload(trace_path(flags), fmt, rate, None, "original", 1.0, seed, max_requests)
         requests = clamp_lengths(requests, max_prompt_len, max_output_len)
         slo = SLO(ttft_ms=slo_ttft_ms, tbt_ms=slo_tbt_ms, ttft_ms_per_token=slo_ttft_ms_per_token)
         cfg = ValidateConfig(profile=str(profile), policy=policy, model=model, weights=weights, device=device, slo=slo,
@@ -121,7 +121,7 @@ def validate_cmd(
                                                  f"{m['slo_attainment']:.0%}", highlight=False)) if err else None
         result = validate(requests, cfg, desc, on_probe)
     if out is not None:
-        with _user_errors():
+        with user_errors():
             paths = write_validation(out, result)
     if as_json:
         from sim.outputs import json_safe
@@ -167,5 +167,5 @@ def _table(report: dict):
 
 def register(app: typer.Typer) -> None:
     """Mount `calibrate` and `validate` on the main `yoda` app."""
-    app.command("calibrate", cls=_OneLineErrors)(calibrate_cmd)
-    app.command("validate", cls=_OneLineErrors)(validate_cmd)
+    app.command("calibrate", cls=OneLineErrors)(calibrate_cmd)
+    app.command("validate", cls=OneLineErrors)(validate_cmd)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import typer
 
-from sim.cli import (FORMAT, MAX_REQUESTS, OPTION, POLICY, SEED, SLO_PER_TOKEN, SLO_TBT, SLO_TTFT, TRUNCATE, JSON_OUT,
-                     _OneLineErrors, _command_line, _fail, _jsonable_flags, _trace, _user_errors, policy_options)
-from sim.cli_errors import CliError, require_extra
+from sim.cli_errors import CliError, OneLineErrors, fail, require_extra, user_errors
+from sim.cli_options import (FORMAT, JSON_OUT, MAX_REQUESTS, OPTION, POLICY, SEED, SLO_PER_TOKEN, SLO_TBT, SLO_TTFT,
+                             TRUNCATE, command_line, jsonable_flags, policy_options, trace_path)
 
 # without --trace: a short sample that a CPU serves in about half a minute
 DEFAULT_REQUESTS, DEFAULT_OUTPUT_LEN = 10, 128
@@ -59,18 +59,18 @@ def run_cmd(
     Default SLO: TTFT 1000 ms or 0.25 ms per prompt token (whichever is larger), TBT 50 ms, at P99."""
     flags = {k: v for k, v in locals().items() if k != "ctx"}
     if backend not in ("executor", "sim"):
-        _fail(f"--backend must be executor or sim, got {backend!r}")
+        fail(f"--backend must be executor or sim, got {backend!r}")
     from sim.outputs import format_value, print_results, results_dict, short_trace, write_results
     from sim.progress import progress_bar
     from sim.workloads import load_workload
 
-    with _user_errors():
+    with user_errors():
         if backend == "executor":
             require_extra("yoda run", "torch", "transformers")
         if trace is None:
             max_requests = flags["max_requests"] = max_requests or DEFAULT_REQUESTS
             flags["max_output_len"] = max_output_len or DEFAULT_OUTPUT_LEN
-        requests, desc = load_workload(_trace(flags), fmt, rate, None, "original", 1.0, seed, max_requests)
+        requests, desc = load_workload(trace_path(flags), fmt, rate, None, "original", 1.0, seed, max_requests)
         requests, notes = _fit(requests, desc, flags)
         notes += _check_profile(flags)
         with progress_bar("run", len(requests), "requests", enabled=not as_json) as update:
@@ -79,12 +79,12 @@ def run_cmd(
             else:
                 result = _serve(flags, requests, update and (lambda done: update(done, "")))
     extra = {"scheduler_counters": result.metrics.get("scheduler_counters"), "workload": desc,
-             "command": _command_line(ctx), "flags": _jsonable_flags(flags),
+             "command": command_line(ctx), "flags": jsonable_flags(flags),
              "estimator": getattr(result, "estimator_source", None)}
     res = results_dict(result, extra)
     paths = None
     if out is not None:
-        with _user_errors():
+        with user_errors():
             paths = write_results(out, result, extra)
     where = f"{device} executor" if backend == "executor" else "simulator"
     notes += [f"estimator: {result.estimator_source}"] if backend == "executor" else []
@@ -155,7 +155,7 @@ def _serve(flags: dict, requests, progress):
 
 def _simulate(flags: dict, requests):
     """--backend sim: the simulator on the same workload (latency: the profile, else the roofline)."""
-    from sim.cli import make_config
+    from sim.cli_options import make_config
     from sim.run import simulate
 
     sim_flags = {**flags, "gpu": "h100", "tp": 1, "instances": 1, "prefill_instances": None,
@@ -166,4 +166,4 @@ def _simulate(flags: dict, requests):
 
 def register(app: typer.Typer) -> None:
     """Mount `run` on the main `yoda` app."""
-    app.command("run", cls=_OneLineErrors)(run_cmd)
+    app.command("run", cls=OneLineErrors)(run_cmd)

@@ -28,13 +28,13 @@ IDLE_TIMEOUT = typer.Option(5.0, "--idle-timeout-s", help="close keep-alive conn
 @contextmanager
 def _errors() -> Iterator[None]:
     """Bad flags and missing extras end as one `error: ...` line (exit 2)."""
-    from sim.cli import _fail, _user_errors
+    from sim.cli_errors import fail, user_errors
 
     try:
-        with _user_errors():
+        with user_errors():
             yield
     except ImportError as e:
-        _fail(f"{e}; install the serving extras: pip install -e '.[cpu,serve]'")
+        fail(f"{e}; install the serving extras: pip install -e '.[cpu,serve]'")
 
 
 def serve_cmd(
@@ -70,7 +70,7 @@ def serve_cmd(
     log_level: str = LOG_LEVEL,
 ) -> None:
     """Serve a model with one policy on one GPU (or the CPU) behind an OpenAI-compatible API."""
-    from sim.cli import policy_options
+    from sim.cli_options import policy_options
     from yoda.request import SLO
 
     with _errors():
@@ -113,7 +113,7 @@ def bench_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the results as one JSON object on stdout"),
 ) -> None:
     """Replay a trace against an endpoint and write the same results as `yoda simulate`."""
-    from sim.cli import _command_line
+    from sim.cli_options import command_line
     from sim.outputs import format_value, print_results, short_trace
     from yoda.request import SLO
 
@@ -124,7 +124,7 @@ def bench_cmd(
         cfg = BenchConfig(endpoint=endpoint, trace=trace, format=fmt, rate=rate, max_requests=max_requests,
                           mode=mode, slo=slo, model=model, vocab_size=vocab_size, seed=seed, timeout_s=timeout_s,
                           token_ids=token_ids)
-        result, res, paths = run_bench(cfg, out, command=_command_line(ctx))
+        result, res, paths = run_bench(cfg, out, command=command_line(ctx))
     print_results(res, f"bench {result.config.model} at {endpoint} on {short_trace(trace)} ({len(result.records)} "
                        f"requests, {format_value(res['workload']['mean_rate_rps'], 3)} req/s)", as_json, paths)
 
@@ -153,8 +153,8 @@ def router_cmd(
 
 def register(app: typer.Typer) -> None:
     """Mount `serve`, `bench` and `router` on the main `yoda` app."""
-    from sim.cli import _OneLineErrors
+    from sim.cli_errors import OneLineErrors
 
-    app.command("serve", cls=_OneLineErrors)(serve_cmd)
-    app.command("bench", cls=_OneLineErrors)(bench_cmd)
-    app.command("router", cls=_OneLineErrors)(router_cmd)
+    app.command("serve", cls=OneLineErrors)(serve_cmd)
+    app.command("bench", cls=OneLineErrors)(bench_cmd)
+    app.command("router", cls=OneLineErrors)(router_cmd)

@@ -9,7 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from sim.cli import parse_option, register
+from sim.cli import register
+from sim.cli_options import parse_option
 from sim.workloads import WorkloadError, load_workload
 from traces import SAMPLE_DIR
 
