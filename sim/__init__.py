@@ -9,6 +9,6 @@ GPU model (numpy/scipy/pandas only, no simpy, so the policy's estimator can use 
 
 Simulation (simpy): gpu_instance.py (one GPU's two lanes), cluster.py (dispatch, KV link), run.py (SimConfig,
 build, simulate), shards.py (uncoupled instances in parallel processes), sampling.py (the policy's estimator
-fitted on the latency source), workloads.py (trace and replay flags to requests), cli.py (with cli_options.py, goodput_cli.py,
-sweep_cli.py), sweep.py, outputs.py.
+fitted on the latency source), workloads.py (trace and replay flags to requests), cli.py (with
+cli_options.py, goodput_cli.py, sweep_cli.py), sweep.py, outputs.py.
 """
