@@ -46,10 +46,17 @@ class LeastLoaded:
 
 class SloAware:
     """Minimise predicted TTFT; ties broken by lower KV pressure. Uses each scheduler's own estimate
-    (`estimate_prefill_s(num_new_tokens, num_reused_tokens)`) when it has one, else token counts."""
+    (`estimate_prefill_s(num_new_tokens, num_reused_tokens)`) when it has one, else token counts.
 
-    def __init__(self, decode_token_weight: float = 64.0) -> None:
+    The queue ahead is separate prompts, priced per token at a chunk of `queue_chunk_tokens` (prefill is
+    linear in tokens across prompts); only the request itself is priced as one prompt after its reused
+    prefix. (Pricing queue + request as a single prompt made attention quadratic in the queue's length and
+    sent a follow-up away from the instance holding its prefix whenever that instance had a queue: on
+    LooGLE-like documents over 2 H100s, KV reuse 57-61% against 65% with token counts.)"""
+
+    def __init__(self, decode_token_weight: float = 64.0, queue_chunk_tokens: int = 2048) -> None:
         self.decode_token_weight = decode_token_weight
+        self.queue_chunk_tokens = queue_chunk_tokens
         self.num_affinity_hits = 0
 
     def pick(self, request: Request, schedulers: Sequence, now: float) -> int:
@@ -57,9 +64,13 @@ class SloAware:
         for i, s in enumerate(schedulers):
             reuse = reusable_tokens(s, request) if request.block_hashes else 0
             new = request.prompt_len - reuse
-            queued = pending_prefill_tokens(s) + new
+            pending = pending_prefill_tokens(s)
             estimate = getattr(s, "estimate_prefill_s", None)
-            cost = estimate(queued, reuse) if estimate else float(queued)
+            if estimate:
+                chunk = self.queue_chunk_tokens
+                cost = pending * estimate(chunk, 0) / chunk + estimate(new, reuse)
+            else:
+                cost = float(pending + new)
             cost += (estimate(self.decode_token_weight, 0) if estimate else self.decode_token_weight) * len(s.decoding) / 64
             # the output length is predicted (session history, running mean): no server knows it
             predicted = s.predict_output_len(request) if hasattr(s, "predict_output_len") else 0

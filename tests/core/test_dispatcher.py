@@ -70,6 +70,27 @@ def test_slo_aware_leaves_a_much_busier_instance_despite_affinity():
     assert SloAware().pick(req(1, 600, hashes), scheds, 0.0) == 0
 
 
+@pytest.mark.parametrize("queued, holder_wins", [(5, True), (12, False)])
+def test_slo_aware_prices_the_queue_as_separate_prompts(queued, holder_wins):
+    """Yoda instances (their own prefill estimates): a 16K-token document cached on instance 1 and a follow-up
+    question on it. Behind 5 queued 2K prompts (10K tokens, linear) the follow-up stays with its document
+    rather than recompute 16K tokens on the idle instance; pricing queue + request as one 10K prompt attending
+    to the document (the old formula) sent it away. Behind 24K queued tokens it leaves."""
+    import simpy
+
+    from sim.replay import build
+
+    cluster = build(SimConfig(policy="yoda", num_instances=2, record_timeline=False), simpy.Environment())
+    scheds = [i.scheduler for i in cluster.instances]
+    doc = tuple(range(1000, 2000))
+    cache_prefix(scheds[1], doc, 16000)
+    for i in range(queued):
+        scheds[1].on_arrival(req(10 + i, 2000), 0.0)
+    d = SloAware()
+    assert d.pick(req(1, 16200, doc), scheds, 0.0) == (1 if holder_wins else 0)
+    assert d.num_affinity_hits == int(holder_wins)
+
+
 def test_slo_aware_avoids_an_instance_without_free_kv():
     scheds = [instance(kv_blocks=64), instance(kv_blocks=64)]
     scheds[0].kv.allocate(999, 60 * 16)  # 4 blocks left
