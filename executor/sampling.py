@@ -8,7 +8,8 @@ return.
 
 Order (vLLM's): the stop ids banned before `min_tokens` output tokens (EOS and `stop_token_ids`: they cannot
 be drawn, as vLLM's min-tokens processor and transformers' MinNewTokensLengthLogitsProcessor do), repetition,
-frequency and presence penalties, then temperature, then the top-k, top-p and min-p filters, then a draw. Temperature 0 is greedy (argmax after penalties).
+frequency and presence penalties, then temperature, then the top-k, top-p and min-p filters, then a draw.
+Temperature 0 is greedy (argmax after penalties).
 A seeded row draws from a generator seeded with (seed, sequence length), so a request's text depends on its
 seed alone: not on batch neighbours, arrival order or a recompute preemption. Unseeded rows share `generator`.
 Returned logprobs are log-softmax of the logits before any penalty or filter (vLLM's default).

@@ -19,6 +19,20 @@ from yoda.scheduler import RequestState, SchedulerCore
 ADMISSIONS = ("fcfs", "deadline")
 
 
+def sweep_late(waiting: deque, late: deque, deadline, now: float) -> None:
+    """Move requests that missed their TTFT (before their first token) from the head of `waiting` to `late`."""
+    while waiting and deadline(waiting[0]) < now and waiting[0].num_generated == 0:
+        late.append(waiting.popleft())
+
+
+def next_late_at(waiting: deque, deadline) -> float | None:
+    """When time alone next changes the queue's order: the head's deadline sends it to `late` (the order
+    changes between decisions only at the tail, by arrivals). None: never by time alone."""
+    if not waiting or waiting[0].num_generated:
+        return None
+    return deadline(waiting[0])
+
+
 def edf_key(deadline: float, now: float, order: int) -> tuple[bool, float, int]:
     """TTFT-deadline order (EDF), requests whose deadline has already passed last, then arrival order."""
     return (deadline < now, deadline, order)
@@ -40,16 +54,11 @@ class SlackAdmission:
         """Move the waiting requests that already missed their TTFT to `late` (deadline order: from the head).
         Called at every decision point, not only when admitting: what a decision sees then depends on the
         time alone, not on how many decisions came before (a multi-step decode run decides as single steps)."""
-        if self.admission == "fcfs":
-            return
-        while self.waiting and self._deadline(self.waiting[0]) < now and self.waiting[0].num_generated == 0:
-            self.late.append(self.waiting.popleft())
+        if self.admission != "fcfs":
+            sweep_late(self.waiting, self.late, self._deadline, now)
 
     def wakeup_at(self, now: float) -> float | None:
-        # the queue's order changes between decisions only at the tail (arrivals): the head's deadline is next
-        if self.admission == "fcfs" or not self.waiting or self.waiting[0].num_generated:
-            return None
-        return self._deadline(self.waiting[0])
+        return None if self.admission == "fcfs" else next_late_at(self.waiting, self._deadline)
 
     def _admit_by_slack(self, now: float, max_requests: int, token_budget: int,
                         ahead_of: tuple | None = None) -> None:
@@ -178,10 +187,7 @@ class DeadlineAdmission(SchedulerCore):
         return state.request.arrival_at + self.slo.ttft_target_s(state.request.prompt_len)
 
     def wakeup_at(self, now: float) -> float | None:
-        # as SlackAdmission.wakeup_at: the head's deadline sends it to `late` at the next admission
-        if self.admission == "fcfs" or not self.waiting or self.waiting[0].num_generated:
-            return None
-        return self.deadline_of(self.waiting[0])
+        return None if self.admission == "fcfs" else next_late_at(self.waiting, self.deadline_of)
 
     def prefill_order(self, states: Iterable[RequestState], now: float) -> list[RequestState]:
         """Admitted prefills in the order they get prefill chunks: as given (FCFS), or by deadline."""
@@ -192,8 +198,7 @@ class DeadlineAdmission(SchedulerCore):
     def _order_waiting(self, now: float) -> None:
         """Move requests that missed their TTFT (before their first token) to `late`; sort the head."""
         waiting = self.waiting
-        while waiting and self.deadline_of(waiting[0]) < now and waiting[0].num_generated == 0:
-            self.late.append(waiting.popleft())
+        sweep_late(waiting, self.late, self.deadline_of, now)
         if len(waiting) > 1:
             head = sorted((waiting.popleft() for _ in range(min(self.SCAN, len(waiting)))),
                           key=lambda s: edf_key(self.deadline_of(s), now, s.order))
