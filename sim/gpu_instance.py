@@ -81,6 +81,7 @@ class GpuInstance:
         self._wakeup_version = 0  # a wakeup armed (scheduler.wakeup_at) under another version is stale
         self._wakeup_at: float | None = None  # the time of the wakeup armed now
         self.busy_s = 0.0
+        self.num_decisions = 0  # times the scheduler was asked for a plan (what a simulation's speed scales with)
         self.check_every = check_every
         self.timeline = Timeline([], [], [], [], [], [], []) if record_timeline else None
         # finished records' token times as arrays of doubles (8 bytes a token, not a float object and a
@@ -117,6 +118,7 @@ class GpuInstance:
     # ---- lanes ----------------------------------------------------------------------------------
     def _decide(self, _event) -> None:
         self._decision_pending = False
+        self.num_decisions += 1
         busy = {lane: r.launch for lane, r in self.running.items()}
         launches = self.scheduler.schedule(self.env.now, busy)
         if not launches:

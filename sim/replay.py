@@ -137,6 +137,8 @@ def run_part(requests: Sequence[Request], cfg, block_size: int, only: int | None
     if unfinished and gave_up_at is None:
         raise RuntimeError(f"simulation ended with {len(unfinished)} unfinished requests (first: {unfinished[:5]})")
     counters = sum_counters(getattr(g.scheduler, "counters", {}) for g in cluster.instances)
+    counters.update(sim_decisions=sum(g.num_decisions for g in cluster.instances),
+                    sim_launches=sum(g.scheduler.num_steps for g in cluster.instances))
     if cluster.num_transfers:
         counters.update(kv_transfers=cluster.num_transfers, kv_transferred_gb=round(cluster.transferred_bytes / 1e9, 3))
     return RunPart(records, [g.timeline for g in cluster.instances], counters, env.now, gave_up_at)

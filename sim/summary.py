@@ -22,6 +22,8 @@ COUNTER_MEANINGS = {
     "prefix_deferrals": "admissions held back to reuse a shared prefix another request is computing",
     "kv_transfers": "KV moves between prefill and decode instances (disaggregation)",
     "kv_transferred_gb": "GB of KV sent over the link",
+    "sim_decisions": "times a simulated instance asked its scheduler for a plan (simulation cost scales with it)",
+    "sim_launches": "kernel launches simulated (a multi-step run or a prefill layer group is one)",
 }
 
 
