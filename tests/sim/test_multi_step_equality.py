@@ -1,6 +1,7 @@
 """Multi-step decode runs (max_decode_steps > 1) are a simulation speed-up only: for every policy whose
 decisions do not depend on how many steps a launch covers, the records equal those of one-step launches,
 also when KV is tight (growth reserved for a run is given back when the run is cut short)."""
+import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from sim.run import SimConfig, simulate
@@ -60,3 +61,17 @@ def test_multi_step_records_equal_single_step_records(requests, policy, spare_bl
             a.request_id, a.reused_len, a.num_preemptions, a.rejected_reason)
         assert len(b.token_at) == len(a.token_at)
         assert all(abs(x - y) <= 1e-9 for x, y in zip(a.token_at, b.token_at)), f"request {a.request_id}"
+
+
+def test_multi_step_runs_decide_less_often_with_the_same_records():
+    # what the runs are for: the counters show the scheduler asked far less often for the same token times
+    requests = [Request(i, 0.05 * i, 200, 150, hash_block_size=16) for i in range(8)]
+    single, multi = (simulate(requests, SimConfig(policy="chunked", kv_blocks=400, block_size=16,
+                                                   record_timeline=False, max_decode_steps=steps))
+                     for steps in (1, 64))
+    for a, b in zip(single.records, multi.records):
+        assert b.token_at == pytest.approx(a.token_at, abs=1e-9)
+    one, many = (r.metrics["scheduler_counters"] for r in (single, multi))
+    assert one["sim_launches"] >= 150  # one launch per decode iteration at least (the longest output)
+    assert one["sim_decisions"] >= one["sim_launches"]  # one lane: every launch was a decision
+    assert many["sim_decisions"] * 4 < one["sim_decisions"]
