@@ -17,6 +17,7 @@ Writes results/gang_steps.json and results/gang_steps.md.
 """
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 import typer
 
 from benchmarks.goodput_vs_baselines import SETUPS, BenchWorkload, _fmt, _geomean
-from benchmarks.sim_speed import mooncake_conversation, sim_config
+from benchmarks.sim_speed import comma_counts, mooncake_conversation, sim_config
 from benchmarks.sim_speed_report import device
 from benchmarks.workloads import WORKLOADS
 
@@ -138,13 +139,13 @@ def main(gangs: str = typer.Option("1,32,128", help="decode steps per gang to co
 
     from sim.tuning import num_searches, run_tuning
 
+    gang_list = comma_counts(gangs, "--gangs")
+    if not gang_list:
+        raise typer.BadParameter(f"--gangs needs sizes >= 1, got {gangs!r}")
     try:
-        gang_list = [int(x) for x in gangs.split(",") if x]
         seed_list = tuple(int(x) for x in seeds.split(",") if x)
     except ValueError:
-        raise typer.BadParameter(f"--gangs and --seeds take comma-separated integers, got {gangs!r}, {seeds!r}")
-    if not gang_list or min(gang_list) < 1:
-        raise typer.BadParameter(f"--gangs needs sizes >= 1, got {gangs!r}")
+        raise typer.BadParameter(f"--seeds takes comma-separated integers, got {seeds!r}") from None
     names = [w for w in workloads.split(",") if w]
     unknown = [w for w in names if w not in WORKLOADS]
     if unknown:
@@ -162,7 +163,6 @@ def main(gangs: str = typer.Option("1,32,128", help="decode steps per gang to co
     text = report(goodput, speed_table, gang_list, names, meta)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
-    import json
     (out / "gang_steps.json").write_text(json.dumps({**meta, "gangs": gang_list, "goodput": goodput,
                                                      "speed": speed_table}, indent=1, default=str))
     (out / "gang_steps.md").write_text(text)

@@ -186,7 +186,8 @@ def run_scale(sizes: list[int], policies: list[str], num_instances: int, rate_rp
     return rows
 
 
-def _ints(text: str, flag: str) -> list[int]:
+def comma_counts(text: str, flag: str) -> list[int]:
+    """The counts (each >= 1) of a comma-separated option; a bad one is a usage error naming `flag`."""
     try:
         values = [int(float(w)) for w in text.split(",") if w]
     except ValueError:
@@ -214,8 +215,8 @@ def main(synthetic_requests: int = typer.Option(100_000, help="requests in the A
     started = time.perf_counter()
     say = lambda s: print(f"[{time.perf_counter() - started:6.0f} s] {s}", flush=True)  # noqa: E731
     names = [p for p in policies.split(",") if p]
-    counts = tuple(_ints(workers, "--workers"))
-    sizes = _ints(scale, "--scale")
+    counts = tuple(comma_counts(workers, "--workers"))
+    sizes = comma_counts(scale, "--scale")
     if not counts:
         raise typer.BadParameter(f"--workers needs process counts >= 1, got {workers!r}")
     version, why = va.vidur_status() if vidur else (None, "--no-vidur given")

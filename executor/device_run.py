@@ -52,7 +52,6 @@ def _subprocess_step(name: str, argv: list[str], timeout_s: float, out: Path, en
 
 
 def markdown(results: dict) -> str:
-
     lines = ["# Device run", "", f"- versions: {results.get('versions')}",
              f"- wall: {results.get('wall_s', 0):.0f} s of {results['args']['budget_s']:.0f} s budget", ""]
     lines += ["| step | seconds | result |", "|---|---|---|"]

@@ -50,10 +50,10 @@ def share_bandwidth(demand_a: float, demand_b: float, capacity: float) -> tuple[
     return capacity - small, small
 
 
-
 def _demand(memory_bound: float, usable_bytes_per_s: float, gpu: GpuSpec, num_sms: int) -> float:
     """HBM bytes per second of a lane that is `memory_bound` (0..1) alone on `num_sms` SMs."""
     return memory_bound * usable_bytes_per_s * gpu.bandwidth_share(num_sms)
+
 
 @dataclass
 class ContentionModel:
